@@ -1,0 +1,1 @@
+"""Thin Ray Serve adapters over ``recsys`` objects, the app builder and serve configs."""

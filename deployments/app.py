@@ -1,0 +1,80 @@
+"""The Serve application builder: typed ``AppConfig`` -> composed Application.
+
+``serve run deployments.app:build_app artifacts=...`` or a serve config whose application has
+``import_path: deployments.app:build_app`` and ``args:`` (validated against ``AppConfig``).
+Deployment options (resources, batching, autoscaling, back-pressure) all come from the typed
+config; the committed serve configs are generated from it by ``scripts/serve_configs.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.config import BackpressureConfig
+
+from deployments.encoder import QueryEncoderDeployment
+from deployments.ingress import Ingress
+from deployments.ranker import RankerDeployment
+from deployments.retriever import RetrieverDeployment
+from recsys.config import AppConfig, AutoscalingConfig, StageConfig
+
+RANKER_PREFIX = "Ranker"
+
+
+def autoscaling(config: AutoscalingConfig) -> dict[str, Any]:
+    return config.model_dump(exclude_none=True)
+
+
+def stage_options(stage: StageConfig, retry_after_s: int) -> dict[str, Any]:
+    return {
+        "ray_actor_options": {"num_cpus": stage.num_cpus, "num_gpus": stage.num_gpus},
+        "max_ongoing_requests": stage.ongoing,
+        "max_queued_requests": stage.max_queued_requests,
+        "autoscaling_config": autoscaling(stage.autoscaling),
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
+    }
+
+
+def ranker_options(config: AppConfig) -> dict[str, Any]:
+    """Ranker replicas: a gang of ``tp`` bundles kept together when model-parallel."""
+    options = stage_options(config.ranker, config.routing.retry_after_s)
+    tp = config.topology.tp
+    if tp > 1:
+        bundle = {"CPU": config.ranker.num_cpus}
+        if config.ranker.num_gpus:
+            bundle["GPU"] = config.ranker.num_gpus
+        options["placement_group_bundles"] = [dict(bundle) for _ in range(tp)]
+        options["placement_group_strategy"] = "STRICT_PACK"
+    return options
+
+
+def ranker_name(variant_index: int, variant: str) -> str:
+    return RANKER_PREFIX if variant_index == 0 else f"{RANKER_PREFIX}_{variant}"
+
+
+def build_app(args: AppConfig) -> Application:
+    """Compose ingress -> encoder -> retriever -> ranker (one ranker deployment per variant)."""
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    retry = config.routing.retry_after_s
+    encoder = QueryEncoderDeployment.options(
+        name="QueryEncoder", **stage_options(config.query_encoder, retry)
+    ).bind(config)
+    retriever = RetrieverDeployment.options(
+        name="Retriever", **stage_options(config.retriever, retry)
+    ).bind(config)
+    rankers = {
+        v.name: RankerDeployment.options(name=ranker_name(i, v.name), **ranker_options(config)).bind(
+            config, v.name, v.artifacts or config.artifacts
+        )
+        for i, v in enumerate(config.routing.variants)
+    }
+    ingress = config.ingress
+    return Ingress.options(
+        name="Ingress",
+        ray_actor_options={"num_cpus": ingress.num_cpus},
+        max_ongoing_requests=ingress.max_ongoing_requests,
+        max_queued_requests=ingress.max_queued_requests,
+        autoscaling_config=autoscaling(ingress.autoscaling),
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry),
+    ).bind(config, encoder, retriever, rankers)

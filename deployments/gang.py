@@ -1,0 +1,101 @@
+"""The Ray-specific part of the model-parallel ranker: ranks 1..tp-1 as actors in the replica's
+placement group.
+
+Serve reserves a ranker replica's whole gang through ``placement_group_bundles`` (one bundle per
+rank, ``STRICT_PACK`` so a gang shares a node). The replica itself runs in bundle 0 as rank 0;
+here it starts one actor per other bundle, each running ``recsys.ranker.sharded.serve_rank``.
+When any of them exits or dies, ``alive()`` turns false, the replica's ``check_health`` fails
+and Serve replaces the whole gang (the placement group goes with the replica).
+"""
+
+from __future__ import annotations
+
+import ray
+import torch
+from ray.util.placement_group import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from recsys import layout
+from recsys.artifacts import Artifact
+from recsys.config import AppConfig
+from recsys.ranker.launch import free_port
+from recsys.ranker.sharded import GangExecutor, RankSetup, serve_rank
+from recsys.ranker.sharding import plan_sharding
+from recsys.ranker.weights import read_meta
+
+
+@ray.remote(max_concurrency=2)
+class RankWorker:
+    """Hosts one non-zero rank; ``run`` blocks until rank 0 broadcasts stop."""
+
+    def run(self, setup: RankSetup) -> int:
+        serve_rank(setup)
+        return setup.rank
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RayActorLauncher:
+    """``WorkerLauncher`` over Ray actors pinned to the current placement group's bundles."""
+
+    def __init__(self, num_cpus: float, num_gpus: float):
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.actors: list[ray.actor.ActorHandle] = []
+        self.runs: list[ray.ObjectRef] = []
+
+    def start(self, setups: list[RankSetup]) -> None:
+        pg = get_current_placement_group()
+        if pg is None:
+            raise RuntimeError(
+                "a model-parallel ranker replica must run in a placement group: deploy it with "
+                "placement_group_bundles (deployments.app.ranker_options does this for tp > 1)"
+            )
+        for setup in setups:
+            actor = RankWorker.options(
+                num_cpus=self.num_cpus,
+                num_gpus=self.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg,
+                    placement_group_bundle_index=setup.rank,
+                    placement_group_capture_child_tasks=False,
+                ),
+            ).remote()
+            self.actors.append(actor)
+            self.runs.append(actor.run.remote(setup))
+
+    def alive(self) -> bool:
+        if not self.runs:
+            return True
+        done, _ = ray.wait(self.runs, num_returns=1, timeout=0)
+        return not done  # a run that returned or raised means its rank is gone
+
+    def worker_pids(self) -> list[int]:
+        return ray.get([a.pid.remote() for a in self.actors], timeout=10)
+
+    def stop(self, timeout_s: float) -> None:
+        if self.runs:
+            ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout_s)
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def start_gang_executor(artifact: Artifact, config: AppConfig) -> GangExecutor:
+    """Plan the shards, start ranks 1..tp-1 as actors, and join as rank 0."""
+    topo = config.topology
+    meta = read_meta(artifact.path(layout.RANKER_META))
+    plan = plan_sharding(meta.spec, topo.tp, topo.dtype, topo.rank_device_memory_gb)
+    cuda = config.ranker.num_gpus > 0 and torch.cuda.is_available()
+    if not cuda and topo.dtype != "fp32":
+        raise ValueError(f"topology.dtype={topo.dtype} needs GPUs; use fp32 on CPU")
+    host = ray.util.get_node_ip_address()
+    return GangExecutor(
+        artifact.path(layout.RANKER_WEIGHTS),
+        plan,
+        RayActorLauncher(config.ranker.num_cpus, config.ranker.num_gpus),
+        init_method=f"tcp://{host}:{free_port(host)}",
+        device="cuda" if cuda else "cpu",
+        timeout_s=topo.timeout_s,
+    )

@@ -1,0 +1,403 @@
+"""The HTTP ingress: validation, routing, deadlines, degradation, errors, logs and metrics.
+
+Request path (search)::
+
+    encoder.encode(query) ──(response passed straight on)──> retriever.retrieve(...)
+        -> candidates back here -> ranker[variant].rank(...) within its deadline share
+        -> top-k, or retrieval order with ``degraded: true`` when the ranker is late,
+           overloaded or failing.
+
+Every answer is JSON with a request id (also in the ``X-Request-ID`` header and the access
+log). Bad input is a 4xx naming the problem; overload and blown deadlines are 503 with
+``Retry-After``.
+"""
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.metrics import stage_metrics
+from recsys import __version__
+from recsys.artifacts import Artifact
+from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
+from recsys.config import AppConfig
+from recsys.pipeline import PreparedRequest, new_request_id, prepare, ranked_items
+from recsys.routing import Deadline, RoutingPolicy
+from recsys.types import (
+    MAX_K,
+    ErrorResponse,
+    RankedResponse,
+    RecommendRequest,
+    Route,
+    SearchRequest,
+)
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+access_log = logging.getLogger("recsys.access")
+if not access_log.handlers:
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(_handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+
+# Set by the ingress replica from its config (one ingress per process).
+LIMITS = {"max_body_bytes": 16_384}
+
+
+class StageError(Exception):
+    """A stage could not answer in time or at all: the request gets a 503."""
+
+    def __init__(self, stage: str, reason: str, detail: str):
+        super().__init__(detail)
+        self.stage, self.reason, self.detail = stage, reason, detail
+
+
+def error_response(
+    status: int, error: str, detail: Any, request_id: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(error=error, detail=detail, request_id=request_id).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def serve_request_id(scope: Scope) -> str:
+    """Serve's id of the current request (taken from the client's ``X-Request-ID`` header when
+    given, and returned in that header by Serve's proxy); a fresh one outside Serve."""
+    from ray.serve.context import _get_serve_request_context
+
+    rid = _get_serve_request_context().request_id
+    if rid:
+        return str(rid)
+    for key, value in scope.get("headers", []):
+        if key == b"x-request-id" and _REQUEST_ID_OK.match(value.decode("latin-1")):
+            return value.decode("latin-1")
+    return new_request_id()
+
+
+class RequestContextMiddleware:
+    """Records the request id and refuses oversized bodies (413) before anything parses them."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = serve_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        limit = LIMITS["max_body_bytes"]
+        length = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), ""
+        )
+        if length.isdigit() and int(length) > limit:
+            await self._too_large(scope, receive, send, request_id, limit)
+            return
+        ctype = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), ""
+        )
+        if scope["method"] == "POST" and ctype and "json" not in ctype.lower():
+            response = error_response(
+                415, "unsupported_media_type",
+                f"request body must be JSON (Content-Type: application/json), got {ctype!r}",
+                request_id,
+            )
+            await response(scope, receive, send)
+            return
+        body = b""
+        more = scope["method"] in ("POST", "PUT", "PATCH")
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await self._too_large(scope, receive, send, request_id, limit)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed and scope["method"] in ("POST", "PUT", "PATCH"):
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(
+        scope: Scope, receive: Receive, send: Send, request_id: str, limit: int
+    ) -> None:
+        response = error_response(
+            413, "body_too_large", f"request body exceeds {limit} bytes", request_id
+        )
+        await response(scope, receive, send)
+
+
+DESCRIPTION = """E-commerce search and recommendations. Each answer lists ranked items, the
+ranker variant that served it, whether it was `degraded` (ranker skipped: retrieval order),
+per-stage timings in ms and a request id (also in the `X-Request-ID` header)."""
+
+app = FastAPI(title="recsys", version=__version__, description=DESCRIPTION)
+app.add_middleware(RequestContextMiddleware)
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", None) or new_request_id())
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "filters", "category")`` -> ``filters.category``; the whole body -> ``body``."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path"):
+        parts = parts[1:] or parts[:1]
+    return ".".join(parts) or "body"
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
+        detail = f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}"
+        return error_response(400, "malformed_json", detail, _request_id(request))
+    detail = [
+        {"field": _field_name(e.get("loc", ())), "problem": e["msg"]}
+        for e in errors
+    ]
+    return error_response(422, "invalid_request", detail, _request_id(request))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+    detail = exc.detail
+    if exc.status_code == 400:
+        detail = "request body is not valid UTF-8 JSON"
+    return error_response(
+        exc.status_code, codes.get(exc.status_code, "http_error"), detail, _request_id(request)
+    )
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """FastAPI ingress over the encoder, retriever and one ranker handle per variant."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        encoder: DeploymentHandle,
+        retriever: DeploymentHandle,
+        rankers: dict[str, DeploymentHandle],
+    ):
+        self.config = config
+        LIMITS["max_body_bytes"] = config.ingress.max_body_bytes
+        self.artifact = Artifact.open(config.artifacts, config.cache_dir)
+        self.catalog = Catalog.from_artifact(self.artifact)
+        self.policy = RoutingPolicy(config.routing)
+        self.encoder = encoder
+        self.retriever = retriever
+        self.rankers = rankers
+        self.metrics = stage_metrics()
+        self.retry_after = {"Retry-After": str(config.routing.retry_after_s)}
+
+    # ---- endpoints ---------------------------------------------------------------------------
+
+    @app.get("/healthz", summary="Liveness of the ingress")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "items": len(self.catalog), "version": self.artifact.version}
+
+    @app.get("/v1/version", summary="Artifact version and config hash being served")
+    async def version(self) -> dict[str, Any]:
+        return {
+            "artifact_version": self.artifact.version,
+            "artifacts": self.config.artifacts,
+            "config_hash": self.config.config_hash(),
+            "variants": self.policy.variants,
+            "tp": self.config.topology.tp,
+            "recsys_version": __version__,
+        }
+
+    @app.post(
+        "/v1/search",
+        response_model=RankedResponse,
+        responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                   503: {"model": ErrorResponse}},
+        summary="Search the catalog (personalised when user_id is a known shopper)",
+    )
+    async def search(self, body: SearchRequest, request: Request) -> JSONResponse:
+        if len(body.query) > self.config.ingress.max_query_chars:
+            return error_response(
+                422, "invalid_request",
+                [{"field": "query", "problem": f"longer than {self.config.ingress.max_query_chars}"
+                                               " characters"}],
+                _request_id(request),
+            )
+        return await self._handle(
+            request, "search", body.k, query=body.query, user_id=body.user_id,
+            filters=body.filters,
+        )
+
+    @app.post(
+        "/v1/recommend",
+        response_model=RankedResponse,
+        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        summary="Recommendations for a known shopper from their history",
+    )
+    async def recommend(self, body: RecommendRequest, request: Request) -> JSONResponse:
+        return await self._handle(request, "recommend", body.k, user_id=body.user_id)
+
+    @app.get(
+        "/v1/items/{item_id}/similar",
+        response_model=RankedResponse,
+        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        summary="Items similar to one item",
+    )
+    async def similar(
+        self,
+        request: Request,
+        item_id: str = Path(min_length=1, max_length=64),
+        k: int | None = Query(None, ge=1, le=MAX_K),
+    ) -> JSONResponse:
+        return await self._handle(request, "similar", k, item_id=item_id)
+
+    # ---- the request path --------------------------------------------------------------------
+
+    async def _handle(self, request: Request, route: Route, k: int | None, **ids: Any) -> JSONResponse:
+        request_id = _request_id(request)
+        deadline = self.policy.new_deadline()
+        try:
+            prep = prepare(
+                route, self.catalog, self.policy, k or self.config.default_k,
+                request_id=request_id, **ids,
+            )
+        except UnknownIdError as exc:
+            resp = error_response(404, f"unknown_{exc.kind}", str(exc), request_id)
+            return self._finish(resp, request_id, route, None, deadline, {})
+        except UnknownFilterError as exc:
+            resp = error_response(422, "unknown_filter_value", str(exc), request_id)
+            return self._finish(resp, request_id, route, None, deadline, {})
+        try:
+            body, timings = await self._run(prep, deadline)
+        except StageError as exc:
+            self.metrics.rejected.inc(tags={"stage": exc.stage, "reason": exc.reason})
+            status_error = "overloaded" if exc.reason == "overloaded" else "unavailable"
+            if exc.reason == "deadline":
+                status_error = "deadline_exceeded"
+            resp = error_response(503, status_error, exc.detail, request_id, self.retry_after)
+            return self._finish(resp, request_id, route, prep.decision.variant, deadline, {})
+        return self._finish(
+            JSONResponse(body), request_id, route, prep.decision.variant, deadline, timings,
+            degraded=body["degraded_reason"],
+        )
+
+    async def _run(self, prep: PreparedRequest, deadline: Deadline) -> tuple[dict, dict]:
+        n = self.config.retrieval.n_candidates
+        encoded: DeploymentResponse | None = None
+        if prep.query is not None:
+            encoded = self.encoder.encode.remote(prep.query)
+        started = time.perf_counter()
+        candidates, stage_ms = await self._call(
+            self.retriever.retrieve.remote(prep.retrieval(n), encoded), deadline.remaining_s(),
+            "retrieve" if encoded is None else "encode+retrieve",
+        )
+        timings = dict(stage_ms)
+        timings["retrieval_wall"] = (time.perf_counter() - started) * 1000.0
+        scores, reason = None, None
+        budget = self.policy.ranker_budget_s(deadline)
+        if len(candidates) == 0:
+            pass
+        elif budget is None:
+            reason = "deadline"
+        else:
+            t = time.perf_counter()
+            try:
+                scores, timings["rank"] = await self._call(
+                    self.rankers[prep.decision.variant].rank.remote(prep.rank(candidates)),
+                    budget, "rank",
+                )
+            except StageError as exc:
+                reason = f"ranker_{exc.reason}"
+            timings["rank_wall"] = (time.perf_counter() - t) * 1000.0
+        if reason is not None:
+            self.metrics.degraded.inc(tags={"route": prep.route, "reason": reason})
+        timings["total"] = deadline.elapsed_ms()
+        body = RankedResponse(
+            request_id=prep.request_id,
+            route=prep.route,
+            variant=prep.decision.variant,
+            degraded=reason is not None,
+            degraded_reason=reason,
+            items=ranked_items(self.catalog, candidates, scores, prep.k),
+            timings_ms={key: round(v, 3) for key, v in timings.items()},
+            artifact_version=self.artifact.version,
+        )
+        return body.model_dump(), timings
+
+    async def _call(self, response: DeploymentResponse, timeout_s: float, stage: str) -> Any:
+        """Await a stage's answer within ``timeout_s``; map failures to :class:`StageError`."""
+        if timeout_s <= 0:
+            response.cancel()
+            raise StageError(stage, "deadline", f"request deadline exceeded before {stage}")
+        try:
+            return await asyncio.wait_for(response, timeout=timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise StageError(
+                stage, "deadline", f"{stage} did not answer within {timeout_s * 1000:.0f} ms"
+            ) from None
+        except BackPressureError:
+            raise StageError(stage, "overloaded", f"{stage} is overloaded; retry later") from None
+        except DeploymentUnavailableError as exc:
+            raise StageError(stage, "unavailable", f"{stage} is unavailable: {exc}") from None
+        except Exception as exc:  # a replica died or raised: answer 503, never hang
+            name = type(exc).__name__
+            logging.getLogger("ray.serve").warning("%s failed: %r", stage, exc)
+            raise StageError(stage, "failed", f"{stage} failed ({name}); retry later") from exc
+
+    def _finish(
+        self,
+        response: JSONResponse,
+        request_id: str,
+        route: Route,
+        variant: str | None,
+        deadline: Deadline,
+        timings: dict[str, float],
+        degraded: str | None = None,
+    ) -> JSONResponse:
+        status = response.status_code
+        total = deadline.elapsed_ms()
+        self.metrics.requests.inc(
+            tags={"route": route, "variant": variant or "-", "status": str(status)}
+        )
+        self.metrics.stage_latency.observe(total, tags={"stage": "ingress_total"})
+        access_log.info(
+            json.dumps(
+                {
+                    "ts": round(time.time(), 3),
+                    "request_id": request_id,
+                    "route": route,
+                    "variant": variant,
+                    "status": status,
+                    "degraded": degraded,
+                    "total_ms": round(total, 2),
+                    "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+                }
+            )
+        )
+        return response

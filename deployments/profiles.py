@@ -1,0 +1,80 @@
+"""The two committed deployment profiles, as typed configs.
+
+* ``local``: one machine, CPU only, fractional CPUs per replica (the embedded default).
+* ``gpu``: GPU node pools (KubeRay, or the simulated cluster): encoder and retriever share
+  one-GPU nodes, ranker replicas are gangs of ``tp`` GPUs on multi-GPU nodes.
+"""
+
+from __future__ import annotations
+
+from recsys.config import (
+    AppConfig,
+    AutoscalingConfig,
+    IngressConfig,
+    StageConfig,
+    TopologyConfig,
+)
+
+PROFILES = ("local", "gpu")
+
+
+def local_profile() -> AppConfig:
+    def stage(batch: int, max_replicas: int) -> StageConfig:
+        return StageConfig(
+            num_cpus=0.25,
+            max_batch_size=batch,
+            batch_wait_timeout_s=0.002,
+            max_queued_requests=64,
+            autoscaling=AutoscalingConfig(
+                min_replicas=1, max_replicas=max_replicas, target_ongoing_requests=batch
+            ),
+        )
+
+    return AppConfig(
+        artifacts="artifacts/demo",
+        query_encoder=stage(16, 2),
+        retriever=stage(16, 1),
+        ranker=stage(16, 2),
+    )
+
+
+def gpu_profile() -> AppConfig:
+    def stage(cpus: float, gpus: float, batch: int, max_replicas: int) -> StageConfig:
+        return StageConfig(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_batch_size=batch,
+            batch_wait_timeout_s=0.004,
+            max_queued_requests=256,
+            torch_threads=4,
+            autoscaling=AutoscalingConfig(
+                min_replicas=1,
+                max_replicas=max_replicas,
+                target_ongoing_requests=batch,
+                upscale_delay_s=5,
+                downscale_delay_s=60,
+            ),
+        )
+
+    return AppConfig(
+        artifacts="s3://recsys-artifacts/demo",
+        query_encoder=stage(2, 0.5, 64, 8),
+        retriever=stage(2, 0.5, 64, 8),
+        ranker=stage(4, 1, 64, 4),
+        topology=TopologyConfig(tp=2, rank_device_memory_gb=70),
+        ingress=IngressConfig(
+            num_cpus=1,
+            max_ongoing_requests=512,
+            max_queued_requests=1024,
+            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=4,
+                                          target_ongoing_requests=128),
+        ),
+    )
+
+
+def profile(name: str) -> AppConfig:
+    if name == "local":
+        return local_profile()
+    if name == "gpu":
+        return gpu_profile()
+    raise ValueError(f"unknown profile {name!r}; choose from {PROFILES}")

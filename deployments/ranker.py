@@ -1,0 +1,60 @@
+"""Ranker deployment: batched scoring, single device or a model-parallel gang."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from ray import serve
+
+from deployments.metrics import stage_metrics
+from recsys.artifacts import Artifact
+from recsys.config import AppConfig
+from recsys.ranking import CandidateRanker
+from recsys.types import RankRequest
+
+
+@serve.deployment
+class RankerDeployment:
+    """``rank(request) -> (scores float32 (m,), rank_ms)``, batched across requests.
+
+    With ``topology.tp > 1`` the replica is rank 0 of a gang whose other ranks are Ray actors
+    in the replica's placement group (see ``deployments.gang``).
+    """
+
+    def __init__(self, config: AppConfig, variant: str, artifacts: str):
+        import torch
+
+        torch.set_num_threads(config.ranker.torch_threads)
+        self.variant = variant
+        self.fault_delay_s = config.ranker.fault_delay_ms / 1000.0
+        artifact = Artifact.open(artifacts, config.cache_dir)
+        executor = None
+        if config.topology.tp > 1:
+            from deployments.gang import start_gang_executor
+
+            executor = start_gang_executor(artifact, config)
+        self.ranker = CandidateRanker.from_artifact(artifact, executor=executor)
+        self.metrics = stage_metrics()
+        self.rank.set_max_batch_size(config.ranker.max_batch_size)
+        self.rank.set_batch_wait_timeout_s(config.ranker.batch_wait_timeout_s)
+
+    @serve.batch
+    async def rank(self, requests: list[RankRequest]) -> list[tuple[np.ndarray, float]]:
+        started = time.perf_counter()
+        if self.fault_delay_s:
+            await asyncio.sleep(self.fault_delay_s)
+        scores = self.ranker.score(requests)
+        ms = (time.perf_counter() - started) * 1000.0
+        self.metrics.batch_size.observe(len(requests), tags={"stage": "rank"})
+        self.metrics.stage_latency.observe(ms, tags={"stage": "rank"})
+        return [(s, ms) for s in scores]
+
+    def check_health(self) -> None:
+        self.ranker.executor.check_health()
+
+    def __del__(self) -> None:
+        ranker = getattr(self, "ranker", None)
+        if ranker is not None:
+            ranker.executor.close()

@@ -1,0 +1,91 @@
+"""``recsys serve``: a local Ray instance plus the app, in the foreground, until a signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from recsys.config import AppConfig, BuildConfig
+
+
+def ensure_local_artifacts(uri: str) -> None:
+    """Build the default demo artifact at a local ``uri`` that does not exist yet."""
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    path = Path(uri.removeprefix("file://"))
+    if (path / "manifest.json").is_file():
+        return
+    from recsys.build import build_artifacts
+
+    print(f"[recsys] no artifact at {path}: building the demo catalog (a few minutes)...",
+          flush=True)
+    build_artifacts(BuildConfig(), path, progress=True, force=path.exists())
+
+
+def load_app_config(config_path: Path | None, artifacts: str | None, tp: int | None) -> AppConfig:
+    config = AppConfig.from_file(config_path) if config_path else AppConfig()
+    if artifacts is not None:
+        config.artifacts = artifacts
+    if tp is not None:
+        config.topology.tp = tp
+    return config
+
+
+def serve_foreground(
+    artifacts: str | None,
+    port: int,
+    host: str,
+    config_path: Path | None,
+    tp: int | None,
+    num_cpus: float | None,
+) -> int:
+    config = load_app_config(config_path, artifacts, tp)
+    ensure_local_artifacts(config.artifacts)
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        print(f"\n[recsys] {signal.Signals(signum).name}: shutting down...", flush=True)
+        stop.set()
+
+    cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    # after ray.init, which installs handlers of its own that would exit without serve.shutdown
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(config), name="recsys", route_prefix="/", blocking=False)
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        print(
+            f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs)\n"
+            f"[recsys] try:\n"
+            f"  curl -s {base}/v1/search -H 'content-type: application/json' "
+            f"-d '{{\"query\": \"waterproof hiking boots\", \"k\": 5}}'\n"
+            f"  curl -s {base}/v1/recommend -H 'content-type: application/json' "
+            f"-d '{{\"user_id\": \"U0000001\", \"k\": 5}}'\n"
+            f"  curl -s '{base}/v1/items/I0000001/similar?k=5'\n"
+            f"[recsys] Ctrl-C stops it.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    print("[recsys] stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve_foreground(None, 8000, "127.0.0.1", None, None, None))

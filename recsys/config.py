@@ -1,0 +1,332 @@
+"""Typed configuration for every part of the system.
+
+Every config is a pydantic model with a docstring per field, ``Literal`` for fixed choices and
+unknown keys forbidden, so a typo in a YAML file fails loudly at load time instead of being
+silently ignored. Nothing here imports Ray: the Serve app builder (``deployments.app``) turns
+``AppConfig`` into deployment options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for all configs: unknown keys are an error, values are validated on assignment."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
+
+    def config_hash(self) -> str:
+        """Stable short hash of the config's content (key order independent)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# Offline: data, models, index, artifact build
+# --------------------------------------------------------------------------------------------
+
+
+class DataConfig(StrictModel):
+    """Size and shape of the synthetic e-commerce world."""
+
+    n_items: int = Field(50_000, ge=100)
+    """Number of catalog items."""
+    n_shoppers: int = Field(20_000, ge=10)
+    """Number of shoppers."""
+    seed: int = 0
+    """Seed for every random draw: the same seed gives byte-identical parquet files."""
+    days: int = Field(60, ge=2)
+    """Span of the interaction log in days; the last ``test_days`` are held out for testing."""
+    test_days: int = Field(10, ge=1)
+    """Days at the end of the log that form the test split."""
+    sessions_per_shopper: float = Field(6.0, gt=0)
+    """Mean number of sessions per shopper over the whole span (Poisson)."""
+    impressions_per_session: int = Field(20, ge=2, le=200)
+    """Items shown in one session (one ranked slate)."""
+    search_session_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of sessions that start from a search query (the rest are recommendations)."""
+    n_queries: int = Field(2_000, ge=10)
+    """Number of distinct search queries with graded relevance labels."""
+    labels_per_query: int = Field(40, ge=4)
+    """Judged (query, item) pairs per query."""
+    chunk_items: int = Field(100_000, ge=1_000)
+    """Items generated and written per chunk (bounds memory for million-item catalogs)."""
+
+    @model_validator(mode="after")
+    def _check_split(self) -> Self:
+        if self.test_days >= self.days:
+            raise ValueError(f"test_days ({self.test_days}) must be < days ({self.days})")
+        return self
+
+
+class EncoderConfig(StrictModel):
+    """The MiniLM query/item encoder."""
+
+    max_length: int = Field(32, ge=4, le=512)
+    """Token limit for queries (longer text is truncated)."""
+    item_max_length: int = Field(32, ge=4, le=512)
+    """Token limit for item text when embedding the catalog."""
+    item_text: Literal["title", "title_description"] = "title"
+    """What an item is embedded from: its title (brand, attributes, product noun: fast and
+    what queries match) or title plus description (about 2x the tokens, 2-3x slower)."""
+    batch_size: int = Field(256, ge=1)
+    """Texts per forward pass when embedding in bulk."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; ``auto`` picks CUDA when torch sees a GPU."""
+    precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
+    """Weights/activations: ``int8`` (dynamic quantisation) only on CPU, ``fp16``/``bf16`` only on
+    GPU; ``auto`` means fp32 on CPU and fp16 on GPU."""
+    num_threads: int | None = Field(None, ge=1)
+    """torch intra-op threads (None: leave torch's default)."""
+    cache_size: int = Field(10_000, ge=0)
+    """Entries in the query-embedding LRU cache (0 disables it)."""
+
+
+IndexKind = Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"]
+
+
+class IndexConfig(StrictModel):
+    """The FAISS candidate index."""
+
+    kind: IndexKind = "auto"
+    """Index type; ``auto`` chooses from catalog size (flat < 20K, IVF-Flat < 2M, else IVF-PQ)."""
+    nlist: int | None = Field(None, ge=1)
+    """IVF cells (None: about 4*sqrt(n), capped so every cell trains on >= 39 points)."""
+    pq_m: int = Field(48, ge=1)
+    """IVF-PQ sub-quantisers (must divide the dimension)."""
+    pq_bits: int = Field(8, ge=4, le=12)
+    """Bits per PQ code."""
+    hnsw_m: int = Field(32, ge=4)
+    """HNSW graph degree."""
+    hnsw_ef_construction: int = Field(80, ge=8)
+    """HNSW build-time beam width."""
+    recall_target: float = Field(0.95, gt=0.0, le=1.0)
+    """Recall@k against exact search that build-time tuning of nprobe / efSearch must reach."""
+    tune_k: int = Field(100, ge=1)
+    """k at which recall is measured while tuning."""
+    tune_queries: int = Field(500, ge=10)
+    """Held-out query vectors used for tuning."""
+    use_gpu: Literal["auto", "never"] = "auto"
+    """Move the index to GPU when FAISS sees one (``never`` keeps it on CPU)."""
+
+
+class RankerConfig(StrictModel):
+    """The DCN-v2 style ranker over sparse ids and dense features."""
+
+    emb_dim: int = Field(32, ge=2)
+    """Embedding width of every sparse feature (shopper, item, category, brand)."""
+    cross_layers: int = Field(2, ge=0, le=6)
+    """DCN-v2 cross layers on the concatenated input."""
+    hidden: int = Field(256, ge=2)
+    """Width of the column-parallel hidden layer (split across ranks when sharded)."""
+    hidden2: int = Field(64, ge=1)
+    """Width of the row-parallel layer's output."""
+    epochs: int = Field(3, ge=1)
+    """Passes over the training impressions."""
+    batch_size: int = Field(2048, ge=16)
+    """Training mini-batch size."""
+    lr: float = Field(3e-3, gt=0)
+    """Adam learning rate."""
+    weight_decay: float = Field(1e-6, ge=0)
+    """L2 on dense weights."""
+    max_train_rows: int | None = Field(None, ge=1000)
+    """Cap on training impressions (None: all)."""
+    seed: int = 0
+    """Seed for initialisation and shuffling."""
+    train_window_days: int = Field(15, ge=1)
+    """The last days of the train split whose impressions train the ranker; earlier days only
+    form the shoppers' history vectors (so a training row never sees its own clicks)."""
+    anonymous_share: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of training sessions shown to the model as anonymous (no shopper features), so it
+    also ranks well for shoppers it does not know."""
+
+
+class BuildConfig(StrictModel):
+    """Everything ``recsys build`` needs: the world, and how to turn it into an artifact."""
+
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    index: IndexConfig = IndexConfig()
+    ranker: RankerConfig = RankerConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Online: retrieval, routing, the Serve application
+# --------------------------------------------------------------------------------------------
+
+
+class RetrievalConfig(StrictModel):
+    """Candidate generation."""
+
+    n_candidates: int = Field(200, ge=1, le=5000)
+    """Candidates handed to the ranker (N)."""
+    query_weight: float = Field(1.0, ge=0.0)
+    """Weight of the query vector when a search request also names a known shopper."""
+    history_weight: float = Field(0.3, ge=0.0)
+    """Weight of the shopper's history vector mixed into a personalised search."""
+    filter_exact_max: int = Field(50_000, ge=0)
+    """When a filter leaves at most this many items, search them exactly instead of ANN +
+    post-filter (filtered results are then complete, not a subset of the ANN top-N)."""
+    overfetch: int = Field(4, ge=1, le=64)
+    """ANN over-fetch factor for filtered searches over large subsets."""
+
+
+class VariantConfig(StrictModel):
+    """One A/B arm of the ranker."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    """Variant name, reported in every response and metric."""
+    weight: float = Field(ge=0.0)
+    """Share of known shoppers routed here (weights are normalised)."""
+    artifacts: str | None = None
+    """Artifact URI for this arm's ranker (None: the app's artifacts)."""
+
+
+class RoutingConfig(StrictModel):
+    """How the ingress routes a request."""
+
+    variants: list[VariantConfig] = Field(
+        default_factory=lambda: [VariantConfig(name="control", weight=1.0)]
+    )
+    """Ranker A/B arms. Anonymous shoppers always get the first one."""
+    salt: str = "ab-2026"
+    """Salt of the stable shopper hash (change it to reshuffle the arms)."""
+    deadline_ms: float = Field(1000.0, gt=0)
+    """End-to-end budget per request; past it the request is answered 503 + Retry-After."""
+    ranker_share: float = Field(0.5, gt=0.0, le=1.0)
+    """Share of the *remaining* budget the ranker may use before the ingress answers in
+    retrieval order (``degraded: true``)."""
+    min_ranker_budget_ms: float = Field(5.0, ge=0.0)
+    """If less than this is left for the ranker, skip it and degrade immediately."""
+    retry_after_s: int = Field(1, ge=1)
+    """Value of the ``Retry-After`` header on 503 answers."""
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> Self:
+        names = [v.name for v in self.variants]
+        if not names:
+            raise ValueError("routing.variants must name at least one variant")
+        if len(set(names)) != len(names):
+            raise ValueError(f"routing.variants has duplicate names: {names}")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("routing.variants weights must not all be zero")
+        return self
+
+
+class AutoscalingConfig(StrictModel):
+    """Serve replica autoscaling (mirrors the fields of Serve's ``autoscaling_config`` we use)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(3.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
+    metrics_interval_s: float = Field(1.0, gt=0)
+    look_back_period_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling min_replicas > max_replicas")
+        return self
+
+
+class StageConfig(StrictModel):
+    """Resources, batching and scaling of one Serve deployment."""
+
+    num_cpus: float = Field(0.25, ge=0)
+    """Logical CPUs per replica (fractional on small machines)."""
+    num_gpus: float = Field(0.0, ge=0)
+    """Logical GPUs per replica (fractions let stages share a GPU)."""
+    max_batch_size: int = Field(16, ge=1)
+    """``@serve.batch`` maximum batch size."""
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    """``@serve.batch`` wait for a batch to fill."""
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    """Concurrent requests per replica (None: 2 x max_batch_size so batches can fill)."""
+    max_queued_requests: int = Field(64, ge=-1)
+    """Requests a caller may queue for this deployment before back-pressure (-1: unbounded)."""
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    """Replica autoscaling."""
+    torch_threads: int = Field(1, ge=1)
+    """torch intra-op threads in the replica."""
+    fault_delay_ms: float = Field(0.0, ge=0)
+    """Fault injection for drills and tests: extra delay per batch (keep 0 in production)."""
+
+    @property
+    def ongoing(self) -> int:
+        return self.max_ongoing_requests or 2 * self.max_batch_size
+
+    @model_validator(mode="after")
+    def _check_batch_fits(self) -> Self:
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) < max_batch_size "
+                f"({self.max_batch_size}): batches could never fill"
+            )
+        return self
+
+
+class IngressConfig(StrictModel):
+    """The HTTP front door."""
+
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    """Requests one ingress replica works on at once (async, mostly waiting on stages)."""
+    max_queued_requests: int = Field(256, ge=-1)
+    """Requests queued at the proxy before it answers 503 + Retry-After."""
+    max_body_bytes: int = Field(16_384, ge=256)
+    """Larger request bodies are refused with 413."""
+    max_query_chars: int = Field(1000, ge=1)
+    """Longer queries are refused with 422."""
+    autoscaling: AutoscalingConfig = AutoscalingConfig(target_ongoing_requests=32)
+
+
+class TopologyConfig(StrictModel):
+    """Model parallelism of the ranker."""
+
+    tp: int = Field(1, ge=1, le=64)
+    """Ranks per ranker replica (1: single device)."""
+    rank_device_memory_gb: float | None = Field(None, gt=0)
+    """Memory each rank may use for parameters (None: not checked)."""
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """Ranker weights precision; fp16/bf16 only on GPUs (CPU collectives run in fp32)."""
+    timeout_s: float = Field(30.0, gt=0)
+    """Collective timeout: a rank silent this long breaks the gang (and fails health checks)."""
+
+
+class AppConfig(StrictModel):
+    """Typed arguments of the Serve application (``deployments.app.build_app``)."""
+
+    artifacts: str = "artifacts/demo"
+    """Artifact URI: a local path, ``file://``, ``s3://`` or ``gs://``."""
+    cache_dir: str = ".cache/artifacts"
+    """Where remote artifacts are copied before loading."""
+    retrieval: RetrievalConfig = RetrievalConfig()
+    routing: RoutingConfig = RoutingConfig()
+    encoder: EncoderConfig = EncoderConfig(num_threads=1)
+    topology: TopologyConfig = TopologyConfig()
+    ingress: IngressConfig = IngressConfig()
+    query_encoder: StageConfig = StageConfig()
+    retriever: StageConfig = StageConfig()
+    ranker: StageConfig = StageConfig()
+    default_k: int = Field(10, ge=1, le=1000)
+    """Items returned when a request does not say ``k``."""
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AppConfig:
+        """Load from a YAML or JSON file."""
+        import yaml
+
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+        return cls.model_validate(data or {})

@@ -1,0 +1,16 @@
+"""File names inside an artifact directory (the contract between build and serving)."""
+
+from recsys.data import schema
+
+DATA_DIR = "data"
+ITEMS = f"{DATA_DIR}/{schema.ITEMS_FILE}"
+SHOPPERS = f"{DATA_DIR}/{schema.SHOPPERS_FILE}"
+CATEGORIES = f"{DATA_DIR}/{schema.CATEGORIES_FILE}"
+ITEM_EMBEDDINGS = "item_embeddings.npy"  # float32 (n_items, 384), unit rows
+QUERY_EMBEDDINGS = "query_embeddings.npy"  # float32 (n_queries, 384), the labelled queries
+USER_HISTORY = "user_history.npy"  # float16 (n_users, 384), zero rows: no history
+INDEX = "index.faiss"
+RANKER_WEIGHTS = "ranker.safetensors"
+RANKER_META = "ranker.json"
+
+SERVING_FILES = (ITEMS, SHOPPERS, ITEM_EMBEDDINGS, USER_HISTORY, INDEX, RANKER_WEIGHTS, RANKER_META)

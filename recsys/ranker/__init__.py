@@ -1,0 +1,1 @@
+"""The ranker: model, training, weights on disk, sharding plan and executors."""

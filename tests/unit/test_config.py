@@ -1,0 +1,41 @@
+"""Typed configs: unknown keys, cross-field rules, hashing."""
+
+import pytest
+from pydantic import ValidationError
+
+from recsys.config import AppConfig, BuildConfig, DataConfig, StageConfig
+
+
+def test_unknown_keys_are_refused() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        AppConfig.model_validate({"artifacts": "x", "ranker": {"max_batch_sise": 8}})
+
+
+def test_batch_must_fit_in_ongoing_requests() -> None:
+    with pytest.raises(ValidationError, match="batches could never fill"):
+        StageConfig(max_batch_size=16, max_ongoing_requests=8)
+    assert StageConfig(max_batch_size=16).ongoing == 32
+
+
+def test_split_rule() -> None:
+    with pytest.raises(ValidationError, match="test_days"):
+        DataConfig(days=10, test_days=10)
+
+
+def test_config_hash_is_stable_and_content_based() -> None:
+    a, b = AppConfig(), AppConfig()
+    assert a.config_hash() == b.config_hash()
+    b.retrieval.n_candidates = 300
+    assert a.config_hash() != b.config_hash()
+
+
+def test_field_docstrings_become_descriptions() -> None:
+    assert "catalog" in (DataConfig.model_fields["n_items"].description or "")
+    assert BuildConfig().data.n_items >= 50_000
+
+
+def test_app_config_from_yaml(tmp_path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text("artifacts: /tmp/a\nrouting:\n  deadline_ms: 250\n")
+    cfg = AppConfig.from_file(path)
+    assert cfg.artifacts == "/tmp/a" and cfg.routing.deadline_ms == 250
