@@ -64,9 +64,9 @@ def build_app(args: AppConfig) -> Application:
         name="Retriever", **stage_options(config.retriever, retry)
     ).bind(config)
     rankers = {
-        v.name: RankerDeployment.options(name=ranker_name(i, v.name), **ranker_options(config)).bind(
-            config, v.name, v.artifacts or config.artifacts
-        )
+        v.name: RankerDeployment.options(
+            name=ranker_name(i, v.name), **ranker_options(config)
+        ).bind(config, v.name, v.artifacts or config.artifacts)
         for i, v in enumerate(config.routing.variants)
     }
     ingress = config.ingress

@@ -107,12 +107,13 @@ class RequestContextMiddleware:
         if length.isdigit() and int(length) > limit:
             await self._too_large(scope, receive, send, request_id, limit)
             return
-        ctype = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), ""
-        )
-        if scope["method"] == "POST" and ctype and "json" not in ctype.lower():
+        ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
+        if scope["method"] == "POST" and not ctype:  # no Content-Type: read the body as JSON
+            scope["headers"] = [*scope["headers"], (b"content-type", b"application/json")]
+        elif scope["method"] == "POST" and "json" not in ctype.lower():
             response = error_response(
-                415, "unsupported_media_type",
+                415,
+                "unsupported_media_type",
                 f"request body must be JSON (Content-Type: application/json), got {ctype!r}",
                 request_id,
             )
@@ -175,10 +176,7 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
         first = next(e for e in errors if e.get("type") == "json_invalid")
         detail = f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}"
         return error_response(400, "malformed_json", detail, _request_id(request))
-    detail = [
-        {"field": _field_name(e.get("loc", ())), "problem": e["msg"]}
-        for e in errors
-    ]
+    detail = [{"field": _field_name(e.get("loc", ())), "problem": e["msg"]} for e in errors]
     return error_response(422, "invalid_request", detail, _request_id(request))
 
 
@@ -236,20 +234,32 @@ class Ingress:
     @app.post(
         "/v1/search",
         response_model=RankedResponse,
-        responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                   503: {"model": ErrorResponse}},
+        responses={
+            404: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
         summary="Search the catalog (personalised when user_id is a known shopper)",
     )
     async def search(self, body: SearchRequest, request: Request) -> JSONResponse:
         if len(body.query) > self.config.ingress.max_query_chars:
             return error_response(
-                422, "invalid_request",
-                [{"field": "query", "problem": f"longer than {self.config.ingress.max_query_chars}"
-                                               " characters"}],
+                422,
+                "invalid_request",
+                [
+                    {
+                        "field": "query",
+                        "problem": f"longer than {self.config.ingress.max_query_chars} characters",
+                    }
+                ],
                 _request_id(request),
             )
         return await self._handle(
-            request, "search", body.k, query=body.query, user_id=body.user_id,
+            request,
+            "search",
+            body.k,
+            query=body.query,
+            user_id=body.user_id,
             filters=body.filters,
         )
 
@@ -278,13 +288,19 @@ class Ingress:
 
     # ---- the request path --------------------------------------------------------------------
 
-    async def _handle(self, request: Request, route: Route, k: int | None, **ids: Any) -> JSONResponse:
+    async def _handle(
+        self, request: Request, route: Route, k: int | None, **ids: Any
+    ) -> JSONResponse:
         request_id = _request_id(request)
         deadline = self.policy.new_deadline()
         try:
             prep = prepare(
-                route, self.catalog, self.policy, k or self.config.default_k,
-                request_id=request_id, **ids,
+                route,
+                self.catalog,
+                self.policy,
+                k or self.config.default_k,
+                request_id=request_id,
+                **ids,
             )
         except UnknownIdError as exc:
             resp = error_response(404, f"unknown_{exc.kind}", str(exc), request_id)
@@ -302,7 +318,12 @@ class Ingress:
             resp = error_response(503, status_error, exc.detail, request_id, self.retry_after)
             return self._finish(resp, request_id, route, prep.decision.variant, deadline, {})
         return self._finish(
-            JSONResponse(body), request_id, route, prep.decision.variant, deadline, timings,
+            JSONResponse(body),
+            request_id,
+            route,
+            prep.decision.variant,
+            deadline,
+            timings,
             degraded=body["degraded_reason"],
         )
 
@@ -313,7 +334,8 @@ class Ingress:
             encoded = self.encoder.encode.remote(prep.query)
         started = time.perf_counter()
         candidates, stage_ms = await self._call(
-            self.retriever.retrieve.remote(prep.retrieval(n), encoded), deadline.remaining_s(),
+            self.retriever.retrieve.remote(prep.retrieval(n), encoded),
+            deadline.remaining_s(),
             "retrieve" if encoded is None else "encode+retrieve",
         )
         timings = dict(stage_ms)
@@ -329,7 +351,8 @@ class Ingress:
             try:
                 scores, timings["rank"] = await self._call(
                     self.rankers[prep.decision.variant].rank.remote(prep.rank(candidates)),
-                    budget, "rank",
+                    budget,
+                    "rank",
                 )
             except StageError as exc:
                 reason = f"ranker_{exc.reason}"

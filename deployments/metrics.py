@@ -13,8 +13,26 @@ from functools import lru_cache
 
 from ray.serve import metrics
 
-LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500, 1000,
-                         2500]
+LATENCY_BOUNDARIES_MS = [
+    0.5,
+    1,
+    2,
+    3,
+    5,
+    7.5,
+    10,
+    15,
+    20,
+    30,
+    50,
+    75,
+    100,
+    150,
+    250,
+    500,
+    1000,
+    2500,
+]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 
 

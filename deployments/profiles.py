@@ -66,8 +66,9 @@ def gpu_profile() -> AppConfig:
             num_cpus=1,
             max_ongoing_requests=512,
             max_queued_requests=1024,
-            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=4,
-                                          target_ongoing_requests=128),
+            autoscaling=AutoscalingConfig(
+                min_replicas=1, max_replicas=4, target_ongoing_requests=128
+            ),
         ),
     )
 

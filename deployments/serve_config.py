@@ -59,8 +59,12 @@ def dump(config: dict[str, Any], profile: str, path: str) -> str:
     from ray.serve.scripts import ServeDeploySchemaDumper
 
     body = yaml.dump(
-        config, Dumper=ServeDeploySchemaDumper, default_flow_style=False, sort_keys=False,
-        width=100, indent=2,
+        config,
+        Dumper=ServeDeploySchemaDumper,
+        default_flow_style=False,
+        sort_keys=False,
+        width=100,
+        indent=2,
     )
     return HEADER.format(profile=profile, path=path) + body
 

@@ -20,8 +20,9 @@ def ensure_local_artifacts(uri: str) -> None:
         return
     from recsys.build import build_artifacts
 
-    print(f"[recsys] no artifact at {path}: building the demo catalog (a few minutes)...",
-          flush=True)
+    print(
+        f"[recsys] no artifact at {path}: building the demo catalog (a few minutes)...", flush=True
+    )
     build_artifacts(BuildConfig(), path, progress=True, force=path.exists())
 
 
@@ -69,9 +70,9 @@ def serve_foreground(
             f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs)\n"
             f"[recsys] try:\n"
             f"  curl -s {base}/v1/search -H 'content-type: application/json' "
-            f"-d '{{\"query\": \"waterproof hiking boots\", \"k\": 5}}'\n"
+            f'-d \'{{"query": "waterproof hiking boots", "k": 5}}\'\n'
             f"  curl -s {base}/v1/recommend -H 'content-type: application/json' "
-            f"-d '{{\"user_id\": \"U0000001\", \"k\": 5}}'\n"
+            f'-d \'{{"user_id": "U0000001", "k": 5}}\'\n'
             f"  curl -s '{base}/v1/items/I0000001/similar?k=5'\n"
             f"[recsys] Ctrl-C stops it.",
             flush=True,

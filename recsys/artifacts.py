@@ -146,7 +146,9 @@ class Artifact:
         return self.manifest.version
 
     @classmethod
-    def open(cls, uri: str | os.PathLike[str], cache_dir: str | Path = ".cache/artifacts") -> Artifact:
+    def open(
+        cls, uri: str | os.PathLike[str], cache_dir: str | Path = ".cache/artifacts"
+    ) -> Artifact:
         """Open an artifact by URI; remote ones are fetched (and re-verified) into the cache."""
         text = str(uri)
         if "://" in text and not text.startswith("file://"):
@@ -182,13 +184,16 @@ class Artifact:
         root.mkdir(parents=True, exist_ok=True)
         for name, entry in manifest.files.items():
             local = root / name
-            if local.is_file() and local.stat().st_size == entry.bytes:
-                if sha256_file(local) == entry.sha256:
-                    continue
+            cached = local.is_file() and local.stat().st_size == entry.bytes
+            if cached and sha256_file(local) == entry.sha256:
+                continue
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=local.parent, prefix=".part-")
             try:
-                with os.fdopen(fd, "wb") as out, filesystem.open_input_stream(f"{base}/{name}") as src:
+                with (
+                    os.fdopen(fd, "wb") as out,
+                    filesystem.open_input_stream(f"{base}/{name}") as src,
+                ):
                     shutil.copyfileobj(src, out, _CHUNK)
                 os.replace(tmp_name, local)
             except OSError as exc:

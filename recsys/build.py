@@ -47,7 +47,8 @@ def embed_items(
         for group in range(meta.num_row_groups):
             frame = meta.read_row_group(group, columns=["title", "description"]).to_pandas()
             descriptions = (
-                frame["description"] if encoder.config.item_text == "title_description"
+                frame["description"]
+                if encoder.config.item_text == "title_description"
                 else [None] * len(frame)
             )
             texts = [item_text(t, d) for t, d in zip(frame["title"], descriptions, strict=True)]
@@ -92,7 +93,9 @@ def build_artifacts(
     np.save(work / layout.QUERY_EMBEDDINGS, query_emb)
     lap("embed")
 
-    index, index_report = build_index(item_emb, config.index, tune_queries=query_emb, progress=progress)
+    index, index_report = build_index(
+        item_emb, config.index, tune_queries=query_emb, progress=progress
+    )
     index.save(work / layout.INDEX)
     lap("index")
 
@@ -100,8 +103,11 @@ def build_artifacts(
     train = loaders.read_interactions(data_dir, "train")
     n_users = len(loaders.read_shoppers(data_dir))
     history, _ = history_vectors(
-        train["user_idx"].to_numpy(), train["item_idx"].to_numpy(), train["label"].to_numpy(),
-        np.asarray(item_emb), n_users,
+        train["user_idx"].to_numpy(),
+        train["item_idx"].to_numpy(),
+        train["label"].to_numpy(),
+        np.asarray(item_emb),
+        n_users,
     )
     np.save(work / layout.USER_HISTORY, history.astype(np.float16))
     trained = train_ranker(
@@ -130,5 +136,3 @@ def build_artifacts(
 def _jsonable(summary: object) -> dict[str, object]:
     raw = vars(summary) if hasattr(summary, "__dict__") else dict(summary)  # type: ignore[call-overload]
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in raw.items()}
-
-

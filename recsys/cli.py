@@ -38,12 +38,16 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shoppers", type=int, default=None, help="number of shoppers (default 20000)")
     p.add_argument("--queries", type=int, default=None, help="labelled queries (default 2000)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--index", default=None,
-                   choices=["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"],
-                   help="FAISS index kind (default auto: chosen from catalog size)")
+    p.add_argument(
+        "--index",
+        default=None,
+        choices=["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"],
+        help="FAISS index kind (default auto: chosen from catalog size)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="ranker training epochs")
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML/JSON BuildConfig; flags above override it")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML/JSON BuildConfig; flags above override it"
+    )
     p.add_argument("--out", type=Path, default=Path(DEFAULT_ARTIFACTS), help="artifact directory")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -59,8 +63,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="artifact URI")
     p.add_argument("--json", action="store_true", help="print only one JSON object")
-    p.add_argument("--report", type=Path, default=None,
-                   help="markdown report path (default: <artifacts>/eval_report.md)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="markdown report path (default: <artifacts>/eval_report.md)",
+    )
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -95,8 +103,11 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-gb", type=float, default=None, help="memory per rank (GiB)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--measure", action="store_true",
-                   help="load each rank's shard from --artifacts and report the bytes it holds")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="load each rank's shard from --artifacts and report the bytes it holds",
+    )
 
 
 def _add_query(sub: argparse._SubParsersAction) -> None:
@@ -156,7 +167,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.artifacts)
     report = args.report or Path(str(args.artifacts).removeprefix("file://")) / "eval_report.md"
     if "://" not in str(report):
-        Path(report).write_text(markdown_report(metrics, f"recsys eval --artifacts {args.artifacts}"))
+        Path(report).write_text(
+            markdown_report(metrics, f"recsys eval --artifacts {args.artifacts}")
+        )
     if args.json:
         print(json.dumps(metrics))
     else:

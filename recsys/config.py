@@ -268,7 +268,10 @@ class StageConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_batch_fits(self) -> Self:
-        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+        if (
+            self.max_ongoing_requests is not None
+            and self.max_ongoing_requests < self.max_batch_size
+        ):
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) < max_batch_size "
                 f"({self.max_batch_size}): batches could never fill"

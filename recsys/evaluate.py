@@ -25,8 +25,9 @@ import pandas as pd
 from recsys import layout
 from recsys.artifacts import Artifact
 from recsys.config import RetrievalConfig
-from recsys.data import loaders, schema
-from recsys.index.build import exact_topk, recall_at_k as index_recall
+from recsys.data import loaders
+from recsys.index.build import exact_topk
+from recsys.index.build import recall_at_k as index_recall
 from recsys.metrics import catalog_coverage, ndcg_at_k, recall_at_k
 from recsys.ranker.train import session_features
 from recsys.ranking import CandidateRanker
@@ -129,16 +130,16 @@ def _top10_lists(
 def markdown_report(metrics: dict[str, Any], command: str) -> str:
     nd = metrics["ndcg_at_10"]
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in nd.items())
-    return f"""# Offline evaluation — artifact `{metrics['artifact_version']}`
+    return f"""# Offline evaluation — artifact `{metrics["artifact_version"]}`
 
-Catalog: {metrics['n_items']:,} items, index `{metrics['index']}`; {metrics['n_queries']:,} labelled
-queries; {metrics['n_test_sessions']:,} held-out test sessions (later in time than training).
+Catalog: {metrics["n_items"]:,} items, index `{metrics["index"]}`; {metrics["n_queries"]:,} labelled
+queries; {metrics["n_test_sessions"]:,} held-out test sessions (later in time than training).
 
 | metric | value |
 | --- | --- |
-| ANN recall@100 vs exact search | {metrics['ann_recall_at_100_vs_exact']:.4f} |
-| retrieval recall@100 of exact-match (E) labels | {metrics['retrieval_recall_at_100']:.4f} |
-| catalog coverage of top-10 lists | {metrics['catalog_coverage']:.4f} |
+| ANN recall@100 vs exact search | {metrics["ann_recall_at_100_vs_exact"]:.4f} |
+| retrieval recall@100 of exact-match (E) labels | {metrics["retrieval_recall_at_100"]:.4f} |
+| catalog coverage of top-10 lists | {metrics["catalog_coverage"]:.4f} |
 
 nDCG@10 on test sessions (re-ranking each session's impressions):
 

@@ -98,7 +98,7 @@ def prepare(
 def ranked_items(
     catalog: Catalog, candidates: Candidates, scores: np.ndarray | None, k: int
 ) -> list[Item]:
-    """Top-k by ranker score, or in retrieval order with retrieval scores when ``scores`` is None."""
+    """Top-k by ranker score; in retrieval order with retrieval scores when ``scores`` is None."""
     if scores is None:
         order = np.arange(min(k, len(candidates)))
         values = candidates.score
@@ -142,7 +142,11 @@ class Pipeline:
         artifact = Artifact.open(config.artifacts, config.cache_dir)
         rankers = {}
         for variant in config.routing.variants:
-            source = Artifact.open(variant.artifacts, config.cache_dir) if variant.artifacts else artifact
+            source = (
+                Artifact.open(variant.artifacts, config.cache_dir)
+                if variant.artifacts
+                else artifact
+            )
             rankers[variant.name] = CandidateRanker.from_artifact(source)
         return cls(
             artifact,
@@ -202,21 +206,31 @@ class Pipeline:
         return out
 
     def search(
-        self, query: str, user_id: str | None = None, k: int | None = None,
+        self,
+        query: str,
+        user_id: str | None = None,
+        k: int | None = None,
         filters: Filters | None = None,
     ) -> RankedResponse:
         p = prepare(
-            "search", self.catalog, self.policy, k or self.config.default_k,
-            query=query, user_id=user_id, filters=filters,
+            "search",
+            self.catalog,
+            self.policy,
+            k or self.config.default_k,
+            query=query,
+            user_id=user_id,
+            filters=filters,
         )
         return self.run([p])[0]
 
     def recommend(self, user_id: str, k: int | None = None) -> RankedResponse:
-        p = prepare("recommend", self.catalog, self.policy, k or self.config.default_k,
-                    user_id=user_id)
+        p = prepare(
+            "recommend", self.catalog, self.policy, k or self.config.default_k, user_id=user_id
+        )
         return self.run([p])[0]
 
     def similar(self, item_id: str, k: int | None = None) -> RankedResponse:
-        p = prepare("similar", self.catalog, self.policy, k or self.config.default_k,
-                    item_id=item_id)
+        p = prepare(
+            "similar", self.catalog, self.policy, k or self.config.default_k, item_id=item_id
+        )
         return self.run([p])[0]

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Generate the committed Serve config files from the typed deployment profiles.
 
-    python scripts/serve_configs.py           # (re)write deployments/configs/{local,gpu}.yaml
-    python scripts/serve_configs.py --check   # exit 1 if a committed file is stale
+python scripts/serve_configs.py           # (re)write deployments/configs/{local,gpu}.yaml
+python scripts/serve_configs.py --check   # exit 1 if a committed file is stale
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ def render(profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only check the files are current")
-    parser.add_argument("--profile", choices=["local", "gpu"], action="append",
-                        help="profile(s) to render (default both)")
+    parser.add_argument(
+        "--profile",
+        choices=["local", "gpu"],
+        action="append",
+        help="profile(s) to render (default both)",
+    )
     args = parser.parse_args(argv)
     stale = []
     for profile in args.profile or ["local", "gpu"]:
@@ -41,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print(f"stale serve configs: {', '.join(stale)}; run python scripts/serve_configs.py",
-              file=sys.stderr)
+        print(
+            f"stale serve configs: {', '.join(stale)}; run python scripts/serve_configs.py",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -77,8 +77,10 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean over queries of |found ∩ truth| / |truth| (both (nq, k) id arrays)."""
-    hits = [len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, (t >= 0).sum()) for f, t in
-            zip(found, truth, strict=True)]
+    hits = [
+        len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, (t >= 0).sum())
+        for f, t in zip(found, truth, strict=True)
+    ]
     return float(np.mean(hits))
 
 
@@ -109,10 +111,11 @@ def build_index(
     kind = resolve_kind(config.kind, n)
     factory = factory_string(kind, n, dim, config)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    concrete: Any = faiss.downcast_index(index)
     if kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = config.hnsw_ef_construction
+        concrete.hnsw.efConstruction = config.hnsw_ef_construction
     if kind == "ivf_pq":
-        faiss.downcast_index(index).k_factor = 4
+        concrete.k_factor = 4  # re-rank 4k PQ candidates with the exact vectors
     if not index.is_trained:
         sample = vectors
         if n > 256 * 1024:

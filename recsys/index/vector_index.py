@@ -59,7 +59,8 @@ class VectorIndex:
         elif self.param.name == "nprobe":
             faiss.extract_index_ivf(self.index).nprobe = int(value)
         else:
-            faiss.downcast_index(self.index).hnsw.efSearch = int(value)
+            hnsw: Any = faiss.downcast_index(self.index)
+            hnsw.hnsw.efSearch = int(value)
         self.param = SearchParam(self.param.name, int(value))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,8 +30,9 @@ class ProcessLauncher:
     def start(self, setups: list[RankSetup]) -> None:
         ctx = mp.get_context("spawn")
         for setup in setups:
-            proc = ctx.Process(target=serve_rank, args=(setup,), name=f"ranker-rank{setup.rank}",
-                               daemon=True)
+            proc = ctx.Process(
+                target=serve_rank, args=(setup,), name=f"ranker-rank{setup.rank}", daemon=True
+            )
             proc.start()
             self.processes.append(proc)
 

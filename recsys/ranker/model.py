@@ -85,11 +85,10 @@ class RankerModel(nn.Module):
     def __init__(self, spec: RankerSpec):
         super().__init__()
         self.spec = spec
-        self.tables = nn.ModuleDict(
-            {name: nn.Embedding(rows, spec.emb_dim) for name, rows in spec.table_rows.items()}
-        )
-        for table in self.tables.values():
+        tables = {name: nn.Embedding(rows, spec.emb_dim) for name, rows in spec.table_rows.items()}
+        for table in tables.values():
             nn.init.normal_(table.weight, std=0.05)
+        self.tables = nn.ModuleDict(tables)
         d = spec.input_dim
         self.cross = CrossNetwork(d, spec.cross_layers)
         self.fc1 = nn.Linear(d, spec.hidden)

@@ -55,7 +55,7 @@ def measure_shards(weights: Path, spec: RankerSpec, tp: int) -> list[dict[str, i
     out = []
     for shard in plan.ranks:
         module = ShardedRanker.load(weights, spec, shard)
-        tables = sum(t.weight.numel() * t.weight.element_size() for t in module.tables.values())
+        tables = sum(p.numel() * p.element_size() for p in module.tables.parameters())
         total = sum(p.numel() * p.element_size() for p in module.parameters())
         out.append({"rank": shard.rank, "table_bytes": tables, "param_bytes": total})
     return out

@@ -17,11 +17,12 @@ backend is NCCL when the ranks have GPUs, gloo otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -84,9 +85,10 @@ class ShardedRanker(nn.Module):
             a, b = self.shard.table_rows[name]
             ids = sparse[:, col]
             mine = (ids >= a) & (ids < b)
-            table = self.tables[name]
-            out = torch.zeros(len(ids), self.spec.emb_dim, dtype=table.weight.dtype,
-                              device=table.weight.device)
+            table = cast(nn.Embedding, self.tables[name])
+            out = torch.zeros(
+                len(ids), self.spec.emb_dim, dtype=table.weight.dtype, device=table.weight.device
+            )
             out[mine] = table(ids[mine] - a)
             parts.append(out)
         return torch.cat(parts, dim=1)
@@ -232,10 +234,9 @@ class GangExecutor:
     def close(self) -> None:
         with self._lock:
             if self._broken is None and dist.is_initialized():
-                try:
+                # best effort on shutdown: the peers may be gone already
+                with contextlib.suppress(Exception):
                     _broadcast_batch(None, None, 0, self.device)  # header OP_STOP
-                except Exception:  # best effort on shutdown: the peers may be gone
-                    pass
             self.launcher.stop(timeout_s=10.0)
             if dist.is_initialized():
                 dist.destroy_process_group()

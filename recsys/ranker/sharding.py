@@ -83,7 +83,7 @@ class ShardingPlan:
             f"  whole model on one device: {fmt_bytes(self.unsharded_param_bytes)} "
             f"(tables {fmt_bytes(self.total_table_bytes)}); replicated per rank: "
             f"{fmt_bytes(self.replicated_bytes)}",
-            "  rank | user rows                  | item rows                  | fc1 units  | params",
+            f"  rank | {'user rows':<26} | {'item rows':<26} | fc1 units  | params",
         ]
         for r in self.ranks:
             u, i = r.table_rows["user"], r.table_rows["item"]
@@ -91,10 +91,11 @@ class ShardingPlan:
                 f"  {r.rank:>4} | {u[0]:>12,}..{u[1]:<12,} | {i[0]:>12,}..{i[1]:<12,} | "
                 f"{r.fc1_units[0]:>4}..{r.fc1_units[1]:<4} | {fmt_bytes(r.param_bytes)}"
             )
+        model_share = self.max_rank_bytes / self.unsharded_param_bytes
+        table_share = self.ranks[0].sharded_table_bytes / self.total_table_bytes
         lines.append(
-            f"  largest rank holds {self.max_rank_bytes / self.unsharded_param_bytes:.1%} of the "
-            f"model; its tables are {self.ranks[0].sharded_table_bytes / self.total_table_bytes:.1%} "
-            f"of all table rows (ideal 1/tp = {1 / self.tp:.1%})"
+            f"  largest rank holds {model_share:.1%} of the model; its tables are "
+            f"{table_share:.1%} of all table rows (ideal 1/tp = {1 / self.tp:.1%})"
         )
         return "\n".join(lines)
 
@@ -123,7 +124,9 @@ def plan_sharding(
     if tp < 1:
         raise ValueError("tp must be >= 1")
     if tp > spec.hidden:
-        raise ValueError(f"tp={tp} exceeds the hidden width {spec.hidden}: a rank would own no unit")
+        raise ValueError(
+            f"tp={tp} exceeds the hidden width {spec.hidden}: a rank would own no unit"
+        )
     nbytes = DTYPE_BYTES[dtype]
     replicated, _ = _dense_counts(spec)
     d = spec.input_dim
@@ -184,4 +187,3 @@ def check_fits(plan: ShardingPlan, device_memory_gb: float) -> None:
         f"{plan.dtype} parameters but a device has {device_memory_gb:g} GiB with tp={plan.tp}; "
         + advice
     )
-

@@ -57,9 +57,7 @@ def load_model(weights: Path, spec: RankerSpec, device: str = "cpu") -> RankerMo
     return model.to(device).eval()
 
 
-def load_slice(
-    weights: Path, name: str, dim: int, start: int, stop: int
-) -> torch.Tensor:
+def load_slice(weights: Path, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
     """Rows (dim 0) or columns (dim 1) ``[start, stop)`` of one tensor, read lazily."""
     with safe_open(str(weights), framework="pt", device="cpu") as fh:
         sl = fh.get_slice(name)

@@ -118,6 +118,8 @@ def test_ranker_budget_is_a_share_of_what_is_left_and_none_when_too_little() -> 
 
 def test_routing_config_rejects_bad_variants() -> None:
     with pytest.raises(ValueError, match="duplicate"):
-        RoutingConfig(variants=[VariantConfig(name="a", weight=1), VariantConfig(name="a", weight=1)])
+        RoutingConfig(
+            variants=[VariantConfig(name="a", weight=1), VariantConfig(name="a", weight=1)]
+        )
     with pytest.raises(ValueError, match="zero"):
         RoutingConfig(variants=[VariantConfig(name="a", weight=0)])

@@ -41,8 +41,9 @@ def test_each_kind_reaches_the_recall_target_after_tuning(kind: str, tmp_path: P
 
 def test_tuning_stops_at_the_smallest_sufficient_nprobe() -> None:
     x = clustered(5000)
-    _, report = build_index(x, IndexConfig(kind="ivf_flat", recall_target=0.5, tune_k=10),
-                            progress=False)
+    _, report = build_index(
+        x, IndexConfig(kind="ivf_flat", recall_target=0.5, tune_k=10), progress=False
+    )
     values = [v for v, _ in report.curve]
     assert report.param_value == values[-1]
     assert all(r < 0.5 for _, r in report.curve[:-1])

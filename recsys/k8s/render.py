@@ -1,0 +1,366 @@
+"""Render a KubeRay ``RayService`` from the committed serve config and a ``ClusterSpec``.
+
+One source of truth: the serve config that ``serve deploy`` / ``serve run`` use locally
+(``deployments/configs/*.yaml``) becomes ``spec.serveConfigV2`` unchanged except for what
+only Kubernetes decides (HTTP bind address and port, proxy placement, the artifact URI).
+Pure functions over plain data; nothing here talks to a cluster or imports Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from recsys.k8s.spec import (
+    DASHBOARD_PORT,
+    METRICS_PORT,
+    RAY_VERSION,
+    SERVE_PORT,
+    ClusterSpec,
+    HeadSpec,
+    Toleration,
+    WorkerGroup,
+    parse_quantity,
+)
+
+API_VERSION = "ray.io/v1"
+KIND = "RayService"
+APP_IMPORT_PATH = "deployments.app:build_app"
+"""Applications built by this project's app builder take ``args.artifacts``."""
+PART_OF_LABEL = ("app.kubernetes.io/part-of", "recsys-serve")
+"""Label on every Ray pod; ``k8s/monitoring/podmonitor.yaml`` selects on it."""
+INITIALIZING_TIMEOUT_ANNOTATION = "ray.io/initializing-timeout"
+
+AUTOSCALER_METRICS_PORT = 44217
+"""The autoscaler's Prometheus port (autoscaler sidecar, in the head pod's network)."""
+DASHBOARD_METRICS_PORT = 44227
+"""The dashboard's own Prometheus port on the head."""
+
+Manifest = dict[str, Any]
+
+
+class RenderError(ValueError):
+    """The serve config and the cluster spec cannot make a working RayService."""
+
+
+# --------------------------------------------------------------------------------------------
+# serveConfigV2
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_serve_config(serve_config: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Any]:
+    """The serve config as the cluster runs it.
+
+    Binds HTTP on ``0.0.0.0:8000`` (KubeRay's Serve Service and readiness probe target that
+    port), places proxies per ``spec.proxy_location`` and, when ``spec.artifacts_uri`` is set,
+    points every application built by ``deployments.app:build_app`` at it.
+    """
+    config = copy.deepcopy(dict(serve_config))
+    config["proxy_location"] = spec.proxy_location
+    config["http_options"] = {
+        **(config.get("http_options") or {}),
+        "host": "0.0.0.0",
+        "port": SERVE_PORT,
+    }
+    if spec.artifacts_uri is not None:
+        _set_artifacts(config, spec.artifacts_uri)
+    return config
+
+
+def _set_artifacts(config: dict[str, Any], uri: str) -> None:
+    apps = [a for a in config.get("applications") or [] if a.get("import_path") == APP_IMPORT_PATH]
+    if not apps:
+        raise RenderError(
+            f"artifacts_uri is set but no application has import_path {APP_IMPORT_PATH!r}"
+        )
+    for app in apps:
+        app["args"] = {**(app.get("args") or {}), "artifacts": uri}
+
+
+# --------------------------------------------------------------------------------------------
+# Capacity: every replica (or gang) must fit on some worker group's pod
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """Ray resources one worker pod of a group advertises."""
+
+    group: str
+    cpu: float
+    gpu: float
+
+    def fits(self, demand: Mapping[str, float]) -> bool:
+        """Whether ``demand`` (``{"CPU": .., "GPU": ..}``) fits on one such node."""
+        return demand.get("CPU", 0.0) <= self.cpu and demand.get("GPU", 0.0) <= self.gpu
+
+
+def node_shapes(spec: ClusterSpec) -> list[NodeShape]:
+    """The node shapes the autoscaler can add (the head runs nothing: ``num-cpus: 0``)."""
+    return [NodeShape(g.name, parse_quantity(g.cpu), float(g.gpus)) for g in spec.worker_groups]
+
+
+def replica_demands(deployment: Mapping[str, Any]) -> list[dict[str, float]]:
+    """Resource sets that must each land on one node for one replica of ``deployment``.
+
+    A plain replica is one set (Serve's default is one CPU). A gang with
+    ``placement_group_bundles`` is one set per bundle, or the sum of all bundles when the
+    strategy is ``STRICT_PACK`` (every bundle on the same node).
+    """
+    bundles = deployment.get("placement_group_bundles")
+    if bundles:
+        demands = [{k: float(v) for k, v in b.items() if k in ("CPU", "GPU")} for b in bundles]
+        if deployment.get("placement_group_strategy", "PACK") == "STRICT_PACK":
+            return [_sum_demands(demands)]
+        return demands
+    options = deployment.get("ray_actor_options") or {}
+    cpu = options.get("num_cpus")
+    return [{"CPU": 1.0 if cpu is None else float(cpu), "GPU": float(options.get("num_gpus") or 0)}]
+
+
+def _sum_demands(demands: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for demand in demands:
+        for key, value in demand.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def check_capacity(serve_config: Mapping[str, Any], spec: ClusterSpec) -> list[str]:
+    """Deployments whose replica (or gang) fits no worker group: the autoscaler could never
+    place them and the rollout would hang in ``pending``. Empty when everything fits."""
+    shapes = node_shapes(spec)
+    problems = []
+    for app in serve_config.get("applications") or []:
+        for deployment in app.get("deployments") or []:
+            for demand in replica_demands(deployment):
+                if not any(shape.fits(demand) for shape in shapes):
+                    offered = ", ".join(f"{s.group}: CPU {s.cpu:g} GPU {s.gpu:g}" for s in shapes)
+                    problems.append(
+                        f"{app.get('name')}/{deployment.get('name')} needs "
+                        f"CPU {demand.get('CPU', 0):g} GPU {demand.get('GPU', 0):g} on one node; "
+                        f"worker groups offer {offered}"
+                    )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# The RayService
+# --------------------------------------------------------------------------------------------
+
+
+def render_rayservice(serve_config: Mapping[str, Any], spec: ClusterSpec) -> Manifest:
+    """The ``ray.io/v1`` RayService that serves ``serve_config`` on the cluster ``spec``.
+
+    Raises ``RenderError`` when a deployment cannot fit any worker group or the artifact URI
+    has nowhere to go.
+    """
+    problems = check_capacity(serve_config, spec)
+    if problems:
+        raise RenderError("; ".join(problems))
+    serve = prepare_serve_config(serve_config, spec)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": _metadata(spec),
+        "spec": {
+            # Blue/green by default; see UpgradeSpec for why not the incremental strategy.
+            "upgradeStrategy": _upgrade_strategy(spec),
+            "rayClusterDeletionDelaySeconds": spec.upgrade.cluster_deletion_delay_seconds,
+            # With a proxy on every worker the head (no replicas) stays off the data path.
+            "excludeHeadPodFromServeSvc": spec.proxy_location == "EveryNode",
+            "serveConfigV2": dump_yaml(serve),
+            "rayClusterConfig": _ray_cluster_config(spec),
+        },
+    }
+
+
+def _metadata(spec: ClusterSpec) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": spec.name,
+        "namespace": spec.namespace,
+        "labels": _labels(spec, component="rayservice"),
+    }
+    if spec.initializing_timeout is not None:
+        metadata["annotations"] = {INITIALIZING_TIMEOUT_ANNOTATION: spec.initializing_timeout}
+    return metadata
+
+
+def _labels(spec: ClusterSpec, *, component: str) -> dict[str, str]:
+    return {
+        PART_OF_LABEL[0]: PART_OF_LABEL[1],
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def _upgrade_strategy(spec: ClusterSpec) -> dict[str, Any]:
+    strategy: dict[str, Any] = {"type": spec.upgrade.strategy}
+    options = spec.upgrade.incremental
+    if options is not None:
+        strategy["clusterUpgradeOptions"] = {
+            "gatewayClassName": options.gateway_class_name,
+            "stepSizePercent": options.step_size_percent,
+            "intervalSeconds": options.interval_seconds,
+            "maxSurgePercent": options.max_surge_percent,
+        }
+    return strategy
+
+
+def _ray_cluster_config(spec: ClusterSpec) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {
+            "version": spec.autoscaler.version,
+            "idleTimeoutSeconds": spec.autoscaler.idle_timeout_seconds,
+            "upscalingMode": spec.autoscaler.upscaling_mode,
+            "imagePullPolicy": spec.image.pull_policy,
+            "resources": _resources(spec.autoscaler.cpu, spec.autoscaler.memory),
+        },
+    }
+    if spec.gcs_fault_tolerance is not None:
+        ft = spec.gcs_fault_tolerance
+        # `backend` is left to its default (redis) so older KubeRay CRDs accept the manifest.
+        config["gcsFaultToleranceOptions"] = {
+            "redisAddress": ft.redis_address,
+            "redisPassword": {
+                "valueFrom": {
+                    "secretKeyRef": {"name": ft.password_secret.name, "key": ft.password_secret.key}
+                }
+            },
+        }
+    config["headGroupSpec"] = _head_group(spec)
+    config["workerGroupSpecs"] = [_worker_group(spec, group) for group in spec.worker_groups]
+    return config
+
+
+def _head_group(spec: ClusterSpec) -> dict[str, Any]:
+    head: HeadSpec = spec.head
+    ports = [
+        ("gcs-server", 6379),
+        ("dashboard", DASHBOARD_PORT),
+        ("client", 10001),
+        ("serve", SERVE_PORT),
+        ("metrics", METRICS_PORT),
+        ("as-metrics", AUTOSCALER_METRICS_PORT),
+        ("dash-metrics", DASHBOARD_METRICS_PORT),
+    ]
+    container = _container(spec, "ray-head", head.cpu, head.memory, gpus=0, ports=ports)
+    return {
+        "serviceType": "ClusterIP",
+        "rayStartParams": {
+            "num-cpus": "0",  # the head runs GCS, Serve controller and autoscaler, no replicas
+            "dashboard-host": "0.0.0.0",
+            "metrics-export-port": str(METRICS_PORT),
+        },
+        "template": _pod_template(
+            spec, "ray-head", container, head.node_selector, head.tolerations
+        ),
+    }
+
+
+def _worker_group(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
+    ports = [("serve", SERVE_PORT), ("metrics", METRICS_PORT)]
+    container = _container(spec, "ray-worker", group.cpu, group.memory, group.gpus, ports)
+    rendered: dict[str, Any] = {
+        "groupName": group.name,
+        "replicas": group.replicas,
+        "minReplicas": group.min_replicas,
+        "maxReplicas": group.max_replicas,
+    }
+    if group.idle_timeout_seconds is not None:
+        rendered["idleTimeoutSeconds"] = group.idle_timeout_seconds
+    rendered["rayStartParams"] = {"metrics-export-port": str(METRICS_PORT)}
+    # No readinessProbe here on purpose: KubeRay injects one into RayService workers that
+    # checks the raylet *and* Serve's proxy health (/-/healthz on the `serve` port), so a pod
+    # only joins the Serve Service once its proxy can route; the head's membership is decided
+    # by the operator from the same Serve health.
+    rendered["template"] = _pod_template(
+        spec, "ray-worker", container, group.node_selector, group.effective_tolerations
+    )
+    return rendered
+
+
+def _container(
+    spec: ClusterSpec,
+    name: str,
+    cpu: str,
+    memory: str,
+    gpus: int,
+    ports: Sequence[tuple[str, int]],
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": spec.image.ref,
+        "imagePullPolicy": spec.image.pull_policy,
+        "resources": _resources(cpu, memory, gpus),
+        "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports],
+    }
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts["nvidia.com/gpu"] = str(gpus)
+    # requests == limits: Guaranteed QoS, and Ray's view of the node matches the scheduler's.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_template(
+    spec: ClusterSpec,
+    component: str,
+    container: dict[str, Any],
+    node_selector: Mapping[str, str],
+    tolerations: Sequence[Toleration],
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {}
+    if spec.service_account is not None:
+        pod["serviceAccountName"] = spec.service_account
+    if spec.image.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": secret} for secret in spec.image.pull_secrets]
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
+    pod["containers"] = [container]
+    return {"metadata": {"labels": _labels(spec, component=component)}, "spec": pod}
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+
+
+class _BlockStyleDumper(yaml.SafeDumper):
+    """Multi-line strings (``serveConfigV2``) as readable ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockStyleDumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    """Deterministic YAML: keys in insertion order, multi-line strings as blocks."""
+    return yaml.dump(
+        data, Dumper=_BlockStyleDumper, sort_keys=False, default_flow_style=False, width=100
+    )
+
+
+def manifest_text(manifest: Mapping[str, Any], *, command: str, sources: Sequence[str]) -> str:
+    """The manifest file: a header naming the generator and its sources, then the YAML."""
+    header = [
+        f"# GENERATED by `{command}` -- do not edit by hand.",
+        f"# Sources: {', '.join(sources)}.",
+        f"# Regenerate after changing a source; `{command} --check` fails when this is stale.",
+        "# Roll out with `python scripts/deploy.py` (shows a diff, applies, waits until running).",
+    ]
+    return "\n".join(header) + "\n" + dump_yaml(dict(manifest))

@@ -1,0 +1,221 @@
+"""Every endpoint over real HTTP against the composed app on a real local Ray instance."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recsys.config import RoutingConfig, VariantConfig
+from recsys.routing import RoutingPolicy
+from tests.integration.conftest import ServeApp, app_config
+
+pytestmark = pytest.mark.slow
+
+ROUTING = RoutingConfig(
+    deadline_ms=20_000,
+    variants=[
+        VariantConfig(name="control", weight=0.6),
+        VariantConfig(name="treatment", weight=0.4),
+    ],
+)
+
+
+@pytest.fixture(scope="module")
+def app(serve_instance: ServeApp, tiny_artifact: Path) -> ServeApp:
+    serve_instance.deploy(app_config(tiny_artifact, routing=ROUTING))
+    return serve_instance
+
+
+@pytest.fixture(scope="module")
+def items(tiny_artifact: Path) -> pd.DataFrame:
+    return pd.read_parquet(tiny_artifact / "data" / "items.parquet").set_index("item_id")
+
+
+def check_ranked(body: dict, route: str, k: int) -> None:
+    assert body["route"] == route
+    assert body["degraded"] is False and body["degraded_reason"] is None
+    assert len(body["items"]) == k
+    assert set(body["items"][0]) == {"item_id", "title", "price", "score"}
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len({i["item_id"] for i in body["items"]}) == k
+    for stage in ("retrieve", "rank", "total"):
+        assert body["timings_ms"][stage] >= 0
+    assert body["artifact_version"].startswith("v")
+
+
+def test_search_returns_ranked_items_with_request_id_header(app: ServeApp, items) -> None:
+    query = items["title"].iloc[7]
+    r = app.search(query=query, k=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    check_ranked(body, "search", 5)
+    assert "encode" in body["timings_ms"]
+    assert r.headers["x-request-id"] == body["request_id"]
+    assert body["variant"] == "control"  # anonymous
+    returned = [i["item_id"] for i in body["items"]]
+    assert items.index[7] in returned  # searching an item's own title finds it
+    for it in body["items"]:
+        assert it["title"] == items.loc[it["item_id"], "title"]
+
+
+def test_client_request_id_is_kept(app: ServeApp) -> None:
+    r = app.client.post("/v1/search", json={"query": "sofa"}, headers={"X-Request-ID": "abc-123"})
+    assert r.status_code == 200 and r.json()["request_id"] == "abc-123"
+
+
+def test_default_k_and_personalised_search(app: ServeApp) -> None:
+    r = app.search(query="wireless headphones", user_id="U0000003")
+    assert r.status_code == 200
+    body = r.json()
+    check_ranked(body, "search", 10)
+    assert body["variant"] == RoutingPolicy(ROUTING).variant_for("U0000003")
+
+
+def test_recommend_and_similar(app: ServeApp, items) -> None:
+    r = app.client.post("/v1/recommend", json={"user_id": "U0000010", "k": 7})
+    assert r.status_code == 200, r.text
+    check_ranked(r.json(), "recommend", 7)
+    seed = items.index[3]
+    r = app.client.get(f"/v1/items/{seed}/similar", params={"k": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    check_ranked(body, "similar", 4)
+    assert seed not in [i["item_id"] for i in body["items"]]
+
+
+def test_filters_are_respected(app: ServeApp, items) -> None:
+    leaf = items["category_l3"].value_counts().index[0]
+    r = app.search(query="best value", k=5, filters={"category": leaf.upper()})
+    assert r.status_code == 200, r.text
+    got = r.json()["items"]
+    assert got and all(items.loc[i["item_id"], "category_l3"] == leaf for i in got)
+    brand = items["brand"].value_counts().index[0]
+    r = app.search(query="gift", k=5, filters={"brand": brand, "price_max": 1e6})
+    assert all(items.loc[i["item_id"], "brand"] == brand for i in r.json()["items"])
+    r = app.search(query="gift", k=20, filters={"price_min": 10, "price_max": 30})
+    assert all(10 <= i["price"] <= 30 for i in r.json()["items"])
+
+
+def test_health_version_and_openapi(app: ServeApp, tiny_artifact: Path) -> None:
+    assert app.client.get("/healthz").json()["status"] == "ok"
+    v = app.client.get("/v1/version").json()
+    assert v["artifact_version"].startswith("v") and v["variants"] == ["control", "treatment"]
+    assert len(v["config_hash"]) == 12
+    spec = app.client.get("/openapi.json").json()
+    assert {"/v1/search", "/v1/recommend", "/v1/items/{item_id}/similar"} <= set(spec["paths"])
+    assert app.client.get("/docs").status_code == 200
+
+
+def test_variants_split_close_to_weights_and_follow_the_policy(app: ServeApp) -> None:
+    policy = RoutingPolicy(ROUTING)
+    users = [f"U{i:07d}" for i in range(0, 400, 2)]
+    seen = {}
+    for u in users:
+        r = app.client.post("/v1/recommend", json={"user_id": u, "k": 1})
+        assert r.status_code == 200
+        seen[u] = r.json()["variant"]
+    assert all(seen[u] == policy.variant_for(u) for u in users)
+    share = Counter(seen.values())["treatment"] / len(users)
+    assert 0.3 <= share <= 0.5  # weight 0.4, 200 shoppers
+
+
+BAD_INPUTS = [
+    ("malformed json", "post", "/v1/search", {"content": b"{not json"}, 400, "malformed_json"),
+    ("non utf-8", "post", "/v1/search", {"content": b'{"query": "\xff\xfe"}'}, 400, "bad_request"),
+    ("missing query", "post", "/v1/search", {"json": {"k": 3}}, 422, "invalid_request"),
+    ("query wrong type", "post", "/v1/search", {"json": {"query": 5}}, 422, "invalid_request"),
+    ("empty query", "post", "/v1/search", {"json": {"query": ""}}, 422, "invalid_request"),
+    ("blank query", "post", "/v1/search", {"json": {"query": "   "}}, 422, "invalid_request"),
+    ("long query", "post", "/v1/search", {"json": {"query": "a" * 1001}}, 422, "invalid_request"),
+    ("k zero", "post", "/v1/search", {"json": {"query": "a", "k": 0}}, 422, "invalid_request"),
+    (
+        "k too big",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "k": 1001}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "k string",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "k": "ten"}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "unknown field",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "kk": 1}},
+        422,
+        "invalid_request",
+    ),
+    ("array body", "post", "/v1/search", {"json": [1, 2]}, 422, "invalid_request"),
+    (
+        "price order",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "filters": {"price_min": 9, "price_max": 1}}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "unknown category",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "filters": {"category": "Spaceships"}}},
+        422,
+        "unknown_filter_value",
+    ),
+    (
+        "unknown user search",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "user_id": "U9"}},
+        404,
+        "unknown_user",
+    ),
+    ("unknown user", "post", "/v1/recommend", {"json": {"user_id": "nobody"}}, 404, "unknown_user"),
+    ("missing user", "post", "/v1/recommend", {"json": {}}, 422, "invalid_request"),
+    ("unknown item", "get", "/v1/items/NOPE/similar", {}, 404, "unknown_item"),
+    ("similar k", "get", "/v1/items/I0000001/similar?k=0", {}, 422, "invalid_request"),
+    (
+        "form body",
+        "post",
+        "/v1/search",
+        {"content": b"query=a", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "oversized body",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "pad": "x" * 40_000}},
+        413,
+        "body_too_large",
+    ),
+    ("unknown route", "get", "/v2/nothing", {}, 404, "not_found"),
+    ("wrong method", "get", "/v1/search", {}, 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "kwargs", "status", "error"),
+    BAD_INPUTS,
+    ids=[b[0] for b in BAD_INPUTS],
+)
+def test_bad_input_gets_a_clear_4xx_json_error(
+    app: ServeApp, name: str, method: str, path: str, kwargs: dict, status: int, error: str
+) -> None:
+    r = app.client.request(method.upper(), path, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == error
+    assert body["detail"] and body["request_id"]

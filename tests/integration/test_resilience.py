@@ -1,0 +1,118 @@
+"""Degradation, back-pressure and deadlines over real HTTP: nothing hangs, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recsys.config import IngressConfig, RoutingConfig
+from tests.integration.conftest import ServeApp, app_config, test_stage
+
+pytestmark = pytest.mark.slow
+
+
+async def burst(
+    base: str, n: int, body: dict, path: str = "/v1/search", timeout_s: float = 60
+) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as client:
+        return await asyncio.gather(*(client.post(path, json=body) for _ in range(n)))
+
+
+def test_slow_ranker_degrades_to_retrieval_order(
+    serve_instance: ServeApp, tiny_artifact: Path
+) -> None:
+    """The ranker takes 1.5 s per batch; with a 1 s budget of which it may use half, the
+    ingress answers in retrieval order, marked degraded, well inside the deadline."""
+    config = app_config(
+        tiny_artifact,
+        routing=RoutingConfig(deadline_ms=3_000, ranker_share=0.5),
+        ranker=test_stage(fault_delay_ms=3_000),
+    )
+    serve_instance.deploy(config)  # warm-up search succeeds (degraded answers are 200)
+    started = time.monotonic()
+    r = serve_instance.search(query="wool socks", k=5)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["degraded"] is True and body["degraded_reason"] == "ranker_deadline"
+    scores = [i["score"] for i in body["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert all(-1.0001 <= s <= 1.0001 for s in scores)  # cosine similarities: retrieval order
+    assert elapsed < 3.0
+
+
+def test_overloaded_stage_answers_503_with_retry_after(
+    serve_instance: ServeApp, tiny_artifact: Path
+) -> None:
+    """The retriever handles one request at a time (200 ms each) and queues at most 2: a burst
+    of 24 gets fast 503s with Retry-After for the excess and 200s for the rest; none hangs."""
+    config = app_config(
+        tiny_artifact,
+        retriever=test_stage(
+            fault_delay_ms=200, max_batch_size=1, max_ongoing_requests=1, max_queued_requests=2
+        ),
+    )
+    serve_instance.deploy(config)
+    started = time.monotonic()
+    body = {"user_id": "U0000001", "k": 3}
+    responses = asyncio.run(burst(serve_instance.base, 24, body, path="/v1/recommend"))
+    elapsed = time.monotonic() - started
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 1 and codes.count(503) >= 5, codes
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"] == "overloaded"
+    assert elapsed < 30
+
+
+def test_overloaded_ingress_is_refused_by_the_proxy_with_retry_after(
+    serve_instance: ServeApp, tiny_artifact: Path
+) -> None:
+    """Past the ingress's own queue, Serve's proxy answers 503 + Retry-After (backpressure
+    config) instead of queueing without bound."""
+    config = app_config(
+        tiny_artifact,
+        ingress=IngressConfig(num_cpus=0.1, max_ongoing_requests=2, max_queued_requests=2),
+        retriever=test_stage(
+            fault_delay_ms=300, max_batch_size=1, max_ongoing_requests=1, max_queued_requests=-1
+        ),
+    )
+    serve_instance.deploy(config)
+    responses = asyncio.run(burst(serve_instance.base, 20, {"query": "desk", "k": 3}))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) >= 5, codes
+    rejected = [r for r in responses if r.status_code == 503]
+    assert all(r.headers.get("retry-after") == "1" for r in rejected)
+
+
+def test_blown_deadline_is_a_503_not_a_hang(serve_instance: ServeApp, tiny_artifact: Path) -> None:
+    """When retrieval alone outlasts the whole deadline there is nothing to degrade to."""
+    config = app_config(
+        tiny_artifact,
+        routing=RoutingConfig(deadline_ms=800),
+        retriever=test_stage(fault_delay_ms=1_500),
+    )
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app(config), name="recsys", route_prefix="/", blocking=False)
+    deadline = time.monotonic() + 240
+    while True:  # wait for the new app to be the one answering
+        r = serve_instance.search(query="kettle", k=3)
+        if r.status_code == 503 and r.json().get("error") == "deadline_exceeded":
+            break
+        assert time.monotonic() < deadline, r.text
+        time.sleep(1)
+    started = time.monotonic()
+    r = serve_instance.search(query="kettle", k=3)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"] == "deadline_exceeded"
+    assert time.monotonic() - started < 3.0
