@@ -31,6 +31,7 @@ def stage_options(stage: StageConfig, retry_after_s: int) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": stage.num_cpus, "num_gpus": stage.num_gpus},
         "max_ongoing_requests": stage.ongoing,
         "max_queued_requests": stage.max_queued_requests,
+        "health_check_period_s": stage.health_check_period_s,
         "autoscaling_config": autoscaling(stage.autoscaling),
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
     }

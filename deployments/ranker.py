@@ -52,7 +52,14 @@ class RankerDeployment:
         return [(s, ms) for s in scores]
 
     def check_health(self) -> None:
+        """Fails when a rank of the gang died or the process group broke: Serve then replaces
+        the replica, and with it the placement group and every rank."""
         self.ranker.executor.check_health()
+
+    def gang_pids(self) -> list[int]:
+        """Process ids of ranks 1..tp-1 (empty when tp == 1), for operators and drills."""
+        launcher = getattr(self.ranker.executor, "launcher", None)
+        return launcher.worker_pids() if launcher is not None else []
 
     def __del__(self) -> None:
         ranker = getattr(self, "ranker", None)

@@ -10,6 +10,13 @@ from pathlib import Path
 
 from recsys.config import AppConfig, BuildConfig
 
+# Serve's proxy must report ready within 5 s by default; a loaded 2-core machine can miss that
+# and the controller then restarts the proxy in a loop. Generous limits, unless already set.
+SLOW_MACHINE_SERVE_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
+
 
 def ensure_local_artifacts(uri: str) -> None:
     """Build the default demo artifact at a local ``uri`` that does not exist yet."""
@@ -57,6 +64,8 @@ def serve_foreground(
         print(f"\n[recsys] {signal.Signals(signum).name}: shutting down...", flush=True)
         stop.set()
 
+    for name, value in SLOW_MACHINE_SERVE_ENV.items():
+        os.environ.setdefault(name, value)
     cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
     ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
     # after ray.init, which installs handlers of its own that would exit without serve.shutdown

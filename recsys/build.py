@@ -20,7 +20,7 @@ from recsys.config import BuildConfig
 from recsys.data import loaders
 from recsys.data.generate import generate_world
 from recsys.encoder import QueryEncoder, item_text
-from recsys.features import history_vectors
+from recsys.features import ItemFeatureTable, ShopperState
 from recsys.index.build import build_index
 from recsys.ranker.train import train_ranker
 from recsys.ranker.weights import save_ranker
@@ -36,7 +36,7 @@ class BuildResult:
 def embed_items(
     encoder: QueryEncoder, items_path: Path, out_path: Path, progress: bool
 ) -> np.ndarray:
-    """Embed every item (title + description) into a float32 .npy, row group by row group."""
+    """Embed every item (``EncoderConfig.item_text``) into a float32 .npy, by row group."""
     meta = pq.ParquetFile(items_path)
     n = meta.metadata.num_rows
     out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(n, encoder.dim))
@@ -102,17 +102,21 @@ def build_artifacts(
     items = loaders.read_items(data_dir)
     train = loaders.read_interactions(data_dir, "train")
     n_users = len(loaders.read_shoppers(data_dir))
-    history, _ = history_vectors(
-        train["user_idx"].to_numpy(),
-        train["item_idx"].to_numpy(),
-        train["label"].to_numpy(),
-        np.asarray(item_emb),
-        n_users,
-    )
-    np.save(work / layout.USER_HISTORY, history.astype(np.float16))
     trained = train_ranker(
-        items, train, np.asarray(item_emb), query_emb, n_users, config.ranker, progress=progress
+        items,
+        train,
+        np.asarray(item_emb),
+        query_emb,
+        queries["query"].tolist(),
+        n_users,
+        config.ranker,
+        progress=progress,
     )
+    # serving knows shoppers from the whole train split (training rows saw only earlier days)
+    table = ItemFeatureTable.from_items(items, trained.stats)
+    shoppers = ShopperState.from_log(train, np.asarray(item_emb), table, n_users)
+    np.save(work / layout.USER_HISTORY, shoppers.history.astype(np.float16))
+    shoppers.profiles.save(work / layout.SHOPPER_PROFILES)
     save_ranker(trained.model, trained.stats, work, extra={"config": config.ranker.model_dump()})
     lap("ranker")
 

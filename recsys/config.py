@@ -129,19 +129,19 @@ class RankerConfig(StrictModel):
     """Width of the column-parallel hidden layer (split across ranks when sharded)."""
     hidden2: int = Field(64, ge=1)
     """Width of the row-parallel layer's output."""
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     """Passes over the training impressions."""
     batch_size: int = Field(2048, ge=16)
     """Training mini-batch size."""
     lr: float = Field(3e-3, gt=0)
     """Adam learning rate."""
-    weight_decay: float = Field(1e-6, ge=0)
-    """L2 on dense weights."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """Adam weight decay on all parameters (curbs memorising shopper/item ids)."""
     max_train_rows: int | None = Field(None, ge=1000)
     """Cap on training impressions (None: all)."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
-    train_window_days: int = Field(15, ge=1)
+    train_window_days: int = Field(30, ge=1)
     """The last days of the train split whose impressions train the ranker; earlier days only
     form the shoppers' history vectors (so a training row never sees its own clicks)."""
     anonymous_share: float = Field(0.1, ge=0.0, lt=1.0)
@@ -259,6 +259,8 @@ class StageConfig(StrictModel):
     """Replica autoscaling."""
     torch_threads: int = Field(1, ge=1)
     """torch intra-op threads in the replica."""
+    health_check_period_s: float = Field(10.0, gt=0)
+    """How often Serve calls the replica's ``check_health`` (a failing one is replaced)."""
     fault_delay_ms: float = Field(0.0, ge=0)
     """Fault injection for drills and tests: extra delay per batch (keep 0 in production)."""
 

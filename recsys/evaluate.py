@@ -26,6 +26,7 @@ from recsys import layout
 from recsys.artifacts import Artifact
 from recsys.config import RetrievalConfig
 from recsys.data import loaders
+from recsys.features import ShopperState
 from recsys.index.build import exact_topk
 from recsys.index.build import recall_at_k as index_recall
 from recsys.metrics import catalog_coverage, ndcg_at_k, recall_at_k
@@ -41,14 +42,17 @@ def _test_session_scores(
     test = loaders.read_interactions(data_dir, "test")
     utility = loaders.read_ground_truth(data_dir, "test_utility")
     query_emb = np.load(artifact.path(layout.QUERY_EMBEDDINGS), allow_pickle=False)
-    history = retriever.history.astype(np.float32)
+    shoppers = ShopperState(
+        retriever.history.astype(np.float32), retriever.has_history, ranker.profiles
+    )
+    query_texts = loaders.read_queries(data_dir)["query"].tolist()
     batch = session_features(
         test,
         ranker.table,
         retriever.embeddings,
         query_emb,
-        history,
-        retriever.has_history,
+        query_texts,
+        shoppers,
         ranker.spec.anonymous_user,
     )
     logits = np.concatenate(

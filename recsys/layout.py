@@ -9,8 +9,18 @@ CATEGORIES = f"{DATA_DIR}/{schema.CATEGORIES_FILE}"
 ITEM_EMBEDDINGS = "item_embeddings.npy"  # float32 (n_items, 384), unit rows
 QUERY_EMBEDDINGS = "query_embeddings.npy"  # float32 (n_queries, 384), the labelled queries
 USER_HISTORY = "user_history.npy"  # float16 (n_users, 384), zero rows: no history
+SHOPPER_PROFILES = "shopper_profiles.npz"  # per-shopper leaf/brand shares and price level
 INDEX = "index.faiss"
 RANKER_WEIGHTS = "ranker.safetensors"
 RANKER_META = "ranker.json"
 
-SERVING_FILES = (ITEMS, SHOPPERS, ITEM_EMBEDDINGS, USER_HISTORY, INDEX, RANKER_WEIGHTS, RANKER_META)
+SERVING_FILES = (
+    ITEMS,
+    SHOPPERS,
+    ITEM_EMBEDDINGS,
+    USER_HISTORY,
+    SHOPPER_PROFILES,
+    INDEX,
+    RANKER_WEIGHTS,
+    RANKER_META,
+)

@@ -57,7 +57,12 @@ class PreparedRequest:
         )
 
     def rank(self, candidates: Candidates) -> RankRequest:
-        return RankRequest(candidates, self.user_idx if self.decision.personalised else None)
+        return RankRequest(
+            candidates,
+            self.user_idx if self.decision.personalised else None,
+            query=self.query,
+            seed_item=self.seed_item,
+        )
 
 
 def new_request_id() -> str:

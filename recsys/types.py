@@ -154,6 +154,8 @@ class Candidates:
 class RankRequest:
     candidates: Candidates
     user_idx: int | None = None  # None: anonymous
+    query: str | None = None  # the search text (term-coverage feature)
+    seed_item: int | None = None  # similar-items: the seed's title plays the query
 
 
 @dataclass

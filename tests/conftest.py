@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from deployments.serve_main import SLOW_MACHINE_SERVE_ENV
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# On a busy 2-core machine Serve's proxy can take longer than the default 5 s to report ready;
+# the controller would then kill and restart it in a loop. Give it time (Ray reads these in
+# the controller, which inherits this environment through the local raylet).
+for _name, _value in SLOW_MACHINE_SERVE_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 from recsys.config import BuildConfig, DataConfig, IndexConfig, RankerConfig  # noqa: E402
 
@@ -27,7 +34,9 @@ def tiny_build_config(seed: int = 0) -> BuildConfig:
             seed=seed,
         ),
         index=IndexConfig(kind="auto", tune_queries=100),
-        ranker=RankerConfig(emb_dim=16, hidden=64, hidden2=32, epochs=2, train_window_days=10),
+        ranker=RankerConfig(
+            emb_dim=16, hidden=64, hidden2=32, epochs=3, batch_size=256, train_window_days=15
+        ),
     )
 
 

@@ -27,6 +27,10 @@ DENSE_FEATURES = (
     "history_cos",
     "has_query",
     "has_history",
+    "leaf_affinity",
+    "brand_affinity",
+    "price_gap",
+    "term_coverage",
 )
 
 

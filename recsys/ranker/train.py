@@ -9,6 +9,7 @@ cross-entropy loss, so the model learns to put purchases above clicks above impr
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +21,8 @@ from recsys.features import (
     FeatureBatch,
     FeatureStats,
     ItemFeatureTable,
+    ShopperState,
     assemble,
-    history_vectors,
     rowwise_cos,
 )
 from recsys.ranker.model import RankerModel, RankerSpec
@@ -49,12 +50,13 @@ def session_features(
     table: ItemFeatureTable,
     item_embeddings: np.ndarray,
     query_embeddings: np.ndarray,
-    history: np.ndarray,
-    has_history: np.ndarray,
+    query_texts: Sequence[str],
+    shoppers: ShopperState,
     anonymous_user: int,
     anonymous: np.ndarray | None = None,
 ) -> FeatureBatch:
-    """Model inputs for impressions ``frame`` (columns user_idx, item_idx, query_id).
+    """Model inputs for impressions ``frame`` (columns user_idx, item_idx, query_id); query
+    ids index ``query_embeddings`` and ``query_texts``.
 
     ``anonymous`` (bool per row) hides the shopper: the anonymous user row, no history.
     """
@@ -63,19 +65,25 @@ def session_features(
     qid = frame["query_id"].to_numpy(np.int64)
     has_query = qid >= 0
     query_cos = rowwise_cos(query_embeddings, np.where(has_query, qid, 0), item_embeddings, items)
-    hist_cos = rowwise_cos(history, users, item_embeddings, items)
-    has_hist = has_history[users].copy()
+    hist_cos = rowwise_cos(shoppers.history, users, item_embeddings, items)
+    coverage = np.zeros(len(items), np.float32)
+    for qid_value, rows in pd.Series(np.arange(len(qid))[has_query]).groupby(qid[has_query]):
+        picked = rows.to_numpy()
+        coverage[picked] = table.titles.coverage(query_texts[int(qid_value)], items[picked])
+    has_hist = shoppers.has_history[users].copy()
     if anonymous is not None:
         users = np.where(anonymous, anonymous_user, users)
         has_hist &= ~anonymous
     return assemble(
         table,
+        shoppers.profiles,
         users,
         items,
         query_cos,
         hist_cos,
         has_query.astype(np.float32),
         has_hist.astype(np.float32),
+        coverage,
     )
 
 
@@ -84,6 +92,7 @@ def train_ranker(
     train: pd.DataFrame,
     item_embeddings: np.ndarray,
     query_embeddings: np.ndarray,
+    query_texts: Sequence[str],
     n_users: int,
     config: RankerConfig,
     progress: bool = True,
@@ -102,15 +111,9 @@ def train_ranker(
         )
     if config.max_train_rows is not None and len(window) > config.max_train_rows:
         window = window.iloc[-config.max_train_rows :]
-    history, has_history = history_vectors(
-        past["user_idx"].to_numpy(),
-        past["item_idx"].to_numpy(),
-        past["label"].to_numpy(),
-        item_embeddings,
-        n_users,
-    )
     stats = FeatureStats.fit(items)
     table = ItemFeatureTable.from_items(items, stats)
+    shoppers = ShopperState.from_log(past, item_embeddings, table, n_users)
     spec = RankerSpec(
         n_users=n_users + 1,
         n_items=len(items),
@@ -129,8 +132,8 @@ def train_ranker(
         table,
         item_embeddings,
         query_embeddings,
-        history,
-        has_history,
+        query_texts,
+        shoppers,
         spec.anonymous_user,
         anonymous,
     )
