@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -328,35 +328,34 @@ class Ingress:
         )
 
     async def _run(self, prep: PreparedRequest, deadline: Deadline) -> tuple[dict, dict]:
+        """encode -> retrieve -> rank as one chain of responses; fall back to retrieval order.
+
+        Each stage's response is handed to the next stage directly, so the query vector and
+        the candidates never travel through the ingress on the happy path. Only when the
+        ranked answer misses its share of the deadline (or the ranker is overloaded or
+        failing) does the ingress fetch the retrieved candidates and answer in their order.
+        """
         n = self.config.retrieval.n_candidates
-        encoded: DeploymentResponse | None = None
-        if prep.query is not None:
-            encoded = self.encoder.encode.remote(prep.query)
-        started = time.perf_counter()
-        candidates, stage_ms = await self._call(
-            self.retriever.retrieve.remote(prep.retrieval(n), encoded),
-            deadline.remaining_s(),
-            "retrieve" if encoded is None else "encode+retrieve",
-        )
-        timings = dict(stage_ms)
-        timings["retrieval_wall"] = (time.perf_counter() - started) * 1000.0
+        encoded = self.encoder.encode.remote(prep.query) if prep.query is not None else None
+        retrieved = self.retriever.retrieve.remote(prep.retrieval(n), encoded)
+        upstream = "retrieve" if encoded is None else "encode+retrieve"
+        ranker = self.rankers[prep.decision.variant]
         scores, reason = None, None
+        started = time.perf_counter()
         budget = self.policy.ranker_budget_s(deadline)
-        if len(candidates) == 0:
-            pass
-        elif budget is None:
-            reason = "deadline"
+        if budget is None:
+            reason = "ranker_deadline"
         else:
-            t = time.perf_counter()
             try:
-                scores, timings["rank"] = await self._call(
-                    self.rankers[prep.decision.variant].rank.remote(prep.rank(candidates)),
-                    budget,
-                    "rank",
+                candidates, scores, timings = await self._call(
+                    ranker.rank.remote(prep.rank_query(), retrieved), budget, "rank"
                 )
             except StageError as exc:
                 reason = f"ranker_{exc.reason}"
-            timings["rank_wall"] = (time.perf_counter() - t) * 1000.0
+        if reason is not None:  # was it the ranker, or retrieval itself? Retrieval decides.
+            candidates, timings = await self._call(retrieved, deadline.remaining_s(), upstream)
+            timings = dict(timings)
+        timings["chain_wall"] = (time.perf_counter() - started) * 1000.0
         if reason is not None:
             self.metrics.degraded.inc(tags={"route": prep.route, "reason": reason})
         timings["total"] = deadline.elapsed_ms()
@@ -372,7 +371,7 @@ class Ingress:
         )
         return body.model_dump(), timings
 
-    async def _call(self, response: DeploymentResponse, timeout_s: float, stage: str) -> Any:
+    async def _call(self, response: Any, timeout_s: float, stage: str) -> Any:
         """Await a stage's answer within ``timeout_s``; map failures to :class:`StageError`."""
         if timeout_s <= 0:
             response.cancel()

@@ -12,12 +12,16 @@ from deployments.metrics import stage_metrics
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.ranking import CandidateRanker
-from recsys.types import RankRequest
+from recsys.types import Candidates, RankQuery, RankRequest
 
 
 @serve.deployment
 class RankerDeployment:
-    """``rank(request) -> (scores float32 (m,), rank_ms)``, batched across requests.
+    """``rank(query, retrieved) -> (candidates, scores, stage_ms)``, batched across requests.
+
+    ``retrieved`` is the retriever's answer ``(candidates, stage_ms)``: the ingress passes the
+    retriever's response straight in, so candidates go retriever -> ranker without a round
+    trip through the ingress; they come back with the scores for the final top-k.
 
     With ``topology.tp > 1`` the replica is rank 0 of a gang whose other ranks are Ray actors
     in the replica's placement group (see ``deployments.gang``).
@@ -41,15 +45,21 @@ class RankerDeployment:
         self.rank.set_batch_wait_timeout_s(config.ranker.batch_wait_timeout_s)
 
     @serve.batch
-    async def rank(self, requests: list[RankRequest]) -> list[tuple[np.ndarray, float]]:
+    async def rank(
+        self, queries: list[RankQuery], retrieved: list[tuple[Candidates, dict[str, float]]]
+    ) -> list[tuple[Candidates, np.ndarray, dict[str, float]]]:
         started = time.perf_counter()
         if self.fault_delay_s:
             await asyncio.sleep(self.fault_delay_s)
+        requests = [RankRequest.of(q, c) for q, (c, _) in zip(queries, retrieved, strict=True)]
         scores = self.ranker.score(requests)
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.batch_size.observe(len(requests), tags={"stage": "rank"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "rank"})
-        return [(s, ms) for s in scores]
+        return [
+            (req.candidates, s, {**stage_ms, "rank": ms})
+            for req, s, (_, stage_ms) in zip(requests, scores, retrieved, strict=True)
+        ]
 
     def check_health(self) -> None:
         """Fails when a rank of the gang died or the process group broke: Serve then replaces

@@ -201,11 +201,12 @@ class RoutingConfig(StrictModel):
     """Salt of the stable shopper hash (change it to reshuffle the arms)."""
     deadline_ms: float = Field(1000.0, gt=0)
     """End-to-end budget per request; past it the request is answered 503 + Retry-After."""
-    ranker_share: float = Field(0.5, gt=0.0, le=1.0)
-    """Share of the *remaining* budget the ranker may use before the ingress answers in
+    fallback_reserve_share: float = Field(0.25, ge=0.0, lt=1.0)
+    """Share of the deadline kept back for the fallback: the ranked answer must arrive before
+    ``deadline_ms * (1 - share)``, else the ingress answers from the retrieved candidates in
     retrieval order (``degraded: true``)."""
     min_ranker_budget_ms: float = Field(5.0, ge=0.0)
-    """If less than this is left for the ranker, skip it and degrade immediately."""
+    """If less than this is left for the ranked answer, do not wait for it: degrade."""
     retry_after_s: int = Field(1, ge=1)
     """Value of the ``Retry-After`` header on 503 answers."""
 

@@ -28,6 +28,7 @@ from recsys.types import (
     Item,
     ItemFilter,
     RankedResponse,
+    RankQuery,
     RankRequest,
     RetrievalRequest,
     Route,
@@ -56,13 +57,15 @@ class PreparedRequest:
             item_filter=self.item_filter,
         )
 
-    def rank(self, candidates: Candidates) -> RankRequest:
-        return RankRequest(
-            candidates,
+    def rank_query(self) -> RankQuery:
+        return RankQuery(
             self.user_idx if self.decision.personalised else None,
             query=self.query,
             seed_item=self.seed_item,
         )
+
+    def rank(self, candidates: Candidates) -> RankRequest:
+        return RankRequest.of(self.rank_query(), candidates)
 
 
 def new_request_id() -> str:

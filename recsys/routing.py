@@ -5,9 +5,9 @@
 * Known vs anonymous: only a known shopper gets personal features.
 * Variant: a stable hash of the shopper id picks an A/B arm with the configured weights, so a
   shopper always sees the same arm; anonymous requests get the first (control) arm.
-* Deadline: every request has an end-to-end budget; the ranker may use a share of what is left
-  after retrieval, and is skipped (answer in retrieval order, ``degraded``) when too little is
-  left, when it is overloaded, or when it misses its share.
+* Deadline: every request has an end-to-end budget. The ranked answer must arrive before the
+  part of it kept back for the fallback; when the ranker misses that, is overloaded or fails,
+  the request is answered from the retrieved candidates in retrieval order (``degraded``).
 """
 
 from __future__ import annotations
@@ -95,8 +95,12 @@ class RoutingPolicy:
         )
 
     def ranker_budget_s(self, deadline: Deadline) -> float | None:
-        """Time the ranker may take now, or None when it should be skipped (degrade)."""
-        budget = deadline.remaining_s() * self.config.ranker_share
+        """How long to wait now for the ranked answer, or None to degrade at once.
+
+        What is left of the deadline minus the reserve kept for the fallback (answering in
+        retrieval order).
+        """
+        budget = deadline.remaining_s() - deadline.budget_s * self.config.fallback_reserve_share
         if budget * 1000.0 < self.config.min_ranker_budget_ms:
             return None
         return budget

@@ -150,12 +150,25 @@ class Candidates:
         return len(self.item_idx)
 
 
+@dataclass(frozen=True)
+class RankQuery:
+    """What the ranker needs besides the candidates (sent ahead of them in the Serve DAG)."""
+
+    user_idx: int | None = None  # None: anonymous
+    query: str | None = None  # the search text (term-coverage feature)
+    seed_item: int | None = None  # similar-items: the seed's title plays the query
+
+
 @dataclass
 class RankRequest:
     candidates: Candidates
     user_idx: int | None = None  # None: anonymous
     query: str | None = None  # the search text (term-coverage feature)
     seed_item: int | None = None  # similar-items: the seed's title plays the query
+
+    @classmethod
+    def of(cls, q: RankQuery, candidates: Candidates) -> RankRequest:
+        return cls(candidates, q.user_idx, q.query, q.seed_item)
 
 
 @dataclass

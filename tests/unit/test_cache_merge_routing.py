@@ -107,12 +107,15 @@ def test_salt_reshuffles_buckets() -> None:
     assert a != b and all(0 <= x < 1 for x in a)
 
 
-def test_ranker_budget_is_a_share_of_what_is_left_and_none_when_too_little() -> None:
-    p = RoutingPolicy(RoutingConfig(deadline_ms=100, ranker_share=0.5, min_ranker_budget_ms=5))
+def test_ranker_budget_keeps_the_fallback_reserve_and_is_none_when_too_little() -> None:
+    cfg = RoutingConfig(deadline_ms=100, fallback_reserve_share=0.25, min_ranker_budget_ms=5)
+    p = RoutingPolicy(cfg)
     fresh = Deadline.starting_now(100)
     budget = p.ranker_budget_s(fresh)
-    assert budget is not None and 0.045 < budget <= 0.05
-    late = Deadline(start=fresh.start - 0.095, budget_s=0.1)
+    assert budget is not None and 0.070 < budget <= 0.075
+    half = Deadline(start=fresh.start - 0.05, budget_s=0.1)
+    assert p.ranker_budget_s(half) == pytest.approx(0.025, abs=0.002)
+    late = Deadline(start=fresh.start - 0.072, budget_s=0.1)
     assert p.ranker_budget_s(late) is None
 
 
