@@ -49,8 +49,9 @@ def app_config(artifacts: Path, **overrides: object) -> AppConfig:
 class ServeApp:
     """A running Serve app and an HTTP client for it."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, metrics_port: int):
         self.base = f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.client = httpx.Client(base_url=self.base, timeout=60)
 
     def deploy(self, config: AppConfig, name: str = "recsys") -> None:
@@ -86,16 +87,16 @@ def serve_instance() -> Iterator[ServeApp]:
     import ray
     from ray import serve
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     ray.init(
         num_cpus=4,
         include_dashboard=False,
         configure_logging=False,
-        _metrics_export_port=free_port(),
+        _metrics_export_port=metrics_port,
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = ServeApp(port)
+        app = ServeApp(port, metrics_port)
         yield app
         app.client.close()
     finally:

@@ -219,3 +219,35 @@ def test_bad_input_gets_a_clear_4xx_json_error(
     body = r.json()
     assert body["error"] == error
     assert body["detail"] and body["request_id"]
+
+
+def test_project_metrics_reach_rays_prometheus_endpoint(app: ServeApp) -> None:
+    """Stage latency, batch sizes, cache, per-variant and rejection metrics are exported beside
+    Serve's own serve_* metrics (export is periodic: poll)."""
+    import time
+
+    import httpx
+
+    for _ in range(5):
+        app.search(query="metrics probe", k=3)  # the second and later are cache hits
+    wanted = [
+        "ray_recsys_stage_latency_ms_bucket",
+        "ray_recsys_batch_size_bucket",
+        "ray_recsys_cache_hits_total",
+        "ray_recsys_cache_lookups_total",
+        "ray_recsys_requests_total{",
+        "ray_serve_num_http_requests",
+    ]
+    deadline = time.monotonic() + 90
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(app.metrics_url, timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if all(w in text for w in wanted):
+            break
+        time.sleep(3)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"not exported: {missing}"
+    assert 'variant="control"' in text and 'stage="encode"' in text
