@@ -67,7 +67,8 @@ def serve_foreground(
     for name, value in SLOW_MACHINE_SERVE_ENV.items():
         os.environ.setdefault(name, value)
     cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
-    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    # address="local": always a new instance, never one found through /tmp/ray or RAY_ADDRESS
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False)
     # after ray.init, which installs handlers of its own that would exit without serve.shutdown
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

@@ -45,7 +45,7 @@ def request_plan(artifacts: Path, n: int, seed: int) -> list[tuple[str, str, dic
     rng = random.Random(seed)
     queries = pd.read_parquet(artifacts / "data" / "queries.parquet")
     weights = queries["frequency"].tolist()
-    picked = rng.choices(queries["query"].tolist(), weights=weights, k=n)
+    picked = rng.choices(queries["query"].tolist(), weights=weights, k=2 * n)
     users = pd.read_parquet(artifacts / "data" / "shoppers.parquet")["user_id"].tolist()
     items = pd.read_parquet(artifacts / "data" / "items.parquet", columns=["item_id"])
     item_ids = items["item_id"].tolist()
@@ -56,7 +56,7 @@ def request_plan(artifacts: Path, n: int, seed: int) -> list[tuple[str, str, dic
             (
                 "search_personal",
                 "/v1/search",
-                {"query": picked[i], "k": 10, "user_id": rng.choice(users)},
+                {"query": picked[n + i], "k": 10, "user_id": rng.choice(users)},
             )
         )
         plan.append(("recommend", "/v1/recommend", {"user_id": rng.choice(users), "k": 10}))
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     config.artifacts = str(Path(args.artifacts).resolve())
     plan = request_plan(Path(args.artifacts), args.requests, args.seed)
     rows = []
-    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(build_app(config), name="recsys", route_prefix="/", blocking=False)

@@ -89,6 +89,7 @@ def serve_instance() -> Iterator[ServeApp]:
 
     port, metrics_port = free_port(), free_port()
     ray.init(
+        address="local",  # a new instance, never a running cluster found via /tmp/ray
         num_cpus=4,
         include_dashboard=False,
         configure_logging=False,
