@@ -1,0 +1,458 @@
+"""One benchmark run: every system through the same schedules, then the offline experiments.
+
+For each system in order: wait until the machine is quiet (no other Ray instance, little
+other load), start it (in this process, or a subprocess), measure its idle cost, warm it up,
+sweep the rates (a rate overlapped by someone else's work is measured again), stop it through
+its own handle. A system that fails to start or breaks mid-sweep is recorded with its error
+and the run goes on with the next one; an interrupt stops the current server and still
+writes what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from recsys.bench.analysis import outcome_problems
+from recsys.bench.batcher import (
+    InProcessServer,
+    load_pipeline,
+    load_pipeline_threads,
+    parse_schedule,
+    raw_batched_throughput,
+)
+from recsys.bench.config import BenchConfig, HostSpec, SystemSpec
+from recsys.bench.processes import foreign_ray_pids, load_average
+from recsys.bench.servers import ServerProcess, start_server, stop_server
+from recsys.bench.sweep import PointResult, run_sweep
+from recsys.bench.targets import (
+    HttpTarget,
+    InProcessTarget,
+    Log,
+    QuietGuard,
+    background_cores,
+    measure_idle,
+)
+from recsys.pipeline import Pipeline
+from recsys.traffic.config import ConstantShape, SamplingConfig, TrafficConfig
+from recsys.traffic.schedule import Workload, build_schedule
+
+PLACEHOLDER_TARGET = "http://127.0.0.1:9"
+"""Target written into traffic configs before a system's URL is known."""
+
+
+class ArtifactMissingError(FileNotFoundError):
+    """The artifact directory is missing or incomplete."""
+
+
+def check_artifact(path: str | Path) -> Path:
+    """The artifact directory, or a clear error naming what is missing and how to build it."""
+    root = Path(path)
+    needed = [root / "manifest.json", root / "data" / "queries.parquet", root / "index.faiss"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise ArtifactMissingError(
+            f"artifact {root} is missing {', '.join(missing)}; build one with "
+            f"`recsys build --out {root}` (the benchmark never builds or modifies artifacts)"
+        )
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SystemRun:
+    """Everything measured for one system."""
+
+    spec: SystemSpec
+    points: list[PointResult] = field(default_factory=list)
+    startup_s: float | None = None
+    idle: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    stopped: str | None = None
+    log_path: str | None = None
+    outcome_problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    """One benchmark run."""
+
+    config: BenchConfig
+    systems: list[SystemRun]
+    experiments: dict[str, Any]
+    environment: dict[str, Any]
+    started_at: float
+    finished_at: float
+    search_queries: list[str] = field(default_factory=list)
+    """The search queries of every measured schedule, in the order they were sent."""
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+class Benchmark:
+    """Runs the systems of a :class:`BenchConfig` and the offline experiments."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        out_dir: Path,
+        *,
+        ray_host_command: Sequence[str] | None = None,
+        progress: bool = True,
+        log: Log = print,
+        cwd: Path | None = None,
+        time_budget_s: float | None = None,
+    ):
+        self.config = config
+        self.out_dir = out_dir
+        self.logs_dir = out_dir / "logs"
+        self.ray_host_command = list(ray_host_command) if ray_host_command else None
+        self.progress = progress
+        self.log = log
+        self.cwd = cwd
+        self.time_budget_s = time_budget_s
+        self.workload = Workload.from_artifact(
+            check_artifact(config.artifacts), SamplingConfig(), config.seed
+        )
+        self._raw_rows: list[dict[str, Any]] = []
+        self._schedules: dict[tuple[float, int, float], tuple[TrafficConfig, pd.DataFrame]] = {}
+
+    # -- schedules --
+
+    def schedule(
+        self, rate: float, seed: int | None = None, duration_s: float | None = None
+    ) -> tuple[TrafficConfig, pd.DataFrame]:
+        """The schedule of ``rate`` (the same object for every system)."""
+        seed = self.config.seed if seed is None else seed
+        duration = self.config.sweep.duration_s if duration_s is None else duration_s
+        key = (float(rate), seed, duration)
+        if key not in self._schedules:
+            traffic = TrafficConfig(
+                target=PLACEHOLDER_TARGET,
+                shape=ConstantShape(rate=rate),
+                duration_s=duration,
+                seed=seed,
+                mix=self.config.mix,
+                timeout_s=self.config.sweep.timeout_s,
+                max_requests=self.config.sweep.max_requests_per_point,
+            )
+            self._schedules[key] = (traffic, build_schedule(traffic, self.workload))
+        return self._schedules[key]
+
+    def warmup_schedule(self) -> tuple[TrafficConfig, pd.DataFrame]:
+        sweep = self.config.sweep
+        return self.schedule(
+            sweep.warmup_rate, seed=self.config.seed + 7919, duration_s=sweep.warmup_s
+        )
+
+    # -- systems --
+
+    def run(self) -> BenchResult:
+        started = time.time()
+        environment = environment_facts(self.config)
+        load = environment["load_average_start"]
+        slo = self.config.slo.p99_ms
+        self.log(
+            f"[bench] {len(self.config.systems)} systems, SLO p99 <= {slo:g} ms; load {load:.2f}"
+        )
+        runs: list[SystemRun] = []
+        interrupted = False
+        for spec in self.config.systems:
+            elapsed = time.time() - started
+            reason = None
+            if interrupted:
+                reason = "skipped: run interrupted"
+            elif self.time_budget_s is not None and elapsed > self.time_budget_s:
+                reason = f"skipped: time budget spent ({elapsed:.0f}s)"
+            if reason is not None:
+                self.log(f"[bench] {spec.name}: {reason}")
+                runs.append(SystemRun(spec, error=reason))
+                continue
+            try:
+                runs.append(self.run_system(spec))
+            except KeyboardInterrupt:  # the server is stopped; keep what was measured
+                interrupted = True
+                runs.append(SystemRun(spec, error="interrupted"))
+                self.log("[bench] interrupted: writing what was measured")
+        experiments = {} if interrupted else self.run_experiments()
+        environment["load_average_end"] = load_average()
+        queries = self.search_queries()
+        return BenchResult(
+            self.config, runs, experiments, environment, started, time.time(), queries
+        )
+
+    def search_queries(self) -> list[str]:
+        """Search queries of the measured schedules, in sweep order (for the cache replay)."""
+        out: list[str] = []
+        for (_, seed, duration), (_, frame) in self._schedules.items():
+            if seed != self.config.seed or duration != self.config.sweep.duration_s:
+                continue
+            bodies = frame.loc[frame["route"] == "search", "body"].dropna()
+            out += [json.loads(str(b))["query"] for b in bodies]
+        return out
+
+    def run_system(self, spec: SystemSpec) -> SystemRun:
+        result = SystemRun(spec)
+        self.log(f"[bench] === {spec.name} ({spec.kind}): {spec.description}")
+        try:
+            if spec.kind == "inprocess":
+                self._run_inprocess(spec, result)
+            else:
+                self._run_http(spec, result)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            self.log(f"[bench] {spec.name} failed: {result.error}")
+        return result
+
+    def _sweep(self, inner: InProcessTarget | HttpTarget, result: SystemRun) -> None:
+        spec = result.spec
+        server = inner.server if isinstance(inner, HttpTarget) else None
+        target = QuietGuard(
+            inner,
+            lambda: self._wait_for_quiet(server),
+            self.config.max_background_cores,
+            self.config.point_retries,
+            self.log,
+        )
+        warm_traffic, warm = self.warmup_schedule()
+        if len(warm):
+            inner.run(warm, warm_traffic, False)
+            inner.settle(self.config.sweep.settle_s)
+
+        def on_point(point: PointResult) -> None:
+            result.points.append(point)  # kept even if a later rate is interrupted
+            s = point.summary
+            problems = outcome_problems(point.run.records, s["n"])
+            result.outcome_problems += [f"rate {s['rate']:g}: {p}" for p in problems]
+            verdict = "pass" if s["passes"] else "FAIL"
+            self.log(
+                f"[bench] {spec.name} @ {s['rate']:g} req/s: p50 {s['p50_ms']:.1f} ms, "
+                f"p99 {s['p99_ms']:.1f} ms, good {s['good_share']:.1%}, "
+                f"cpu {point.run.server_cpu_s:.1f}s -> {verdict}"
+            )
+
+        run_sweep(
+            target,
+            lambda rate: self.schedule(rate),
+            self.config.sweep,
+            self.config.slo,
+            fixed_rates=self.config.fixed_rates,
+            progress=self.progress,
+            on_point=on_point,
+        )
+
+    def _run_inprocess(self, spec: SystemSpec, result: SystemRun) -> None:
+        background = self._wait_for_quiet()
+        started = time.monotonic()
+        app = spec.app_config(
+            self.config.app.model_copy(update={"artifacts": self.config.artifacts})
+        )
+        threads = spec.torch_threads or self.config.torch_threads
+        pipeline = load_pipeline(app, threads)
+        result.startup_s = time.monotonic() - started
+        server = InProcessServer(pipeline, spec.batch, self.config.sweep.timeout_s)
+        result.info = {
+            "torch_threads": threads,
+            "batch": spec.batch.model_dump(),
+            "background_cores_at_start": background,
+        }
+        self._sweep(InProcessTarget(spec.name, server, self.config.nice), result)
+        result.stopped = "exited"
+        if "raw_throughput" in self.config.experiments:
+            self._raw_throughput(pipeline, spec.name, threads)
+        load_pipeline_threads(self.config.torch_threads)  # back to the run's setting
+
+    def _raw_throughput(self, pipeline: Pipeline, system: str, threads: int) -> None:
+        _, schedule = self.schedule(self.config.sweep.rates[-1])
+        requests = parse_schedule(schedule)[:512]
+        rows = raw_batched_throughput(pipeline, requests, (1, 4, 16, 32, 64))
+        self._raw_rows += [{"system": system, "torch_threads": threads, **r} for r in rows]
+
+    def _server_command(
+        self, spec: SystemSpec, port: int
+    ) -> tuple[list[str], Path | None, str | None]:
+        """(command, ready file, base URL) of a system's server process."""
+        app = spec.app_config(
+            self.config.app.model_copy(update={"artifacts": self.config.artifacts})
+        )
+        if spec.kind == "naive":
+            command = [
+                _python(),
+                "-m",
+                "recsys.bench.naive_server",
+                "--config",
+                app.model_dump_json(exclude_defaults=True),
+                "--port",
+                str(port),
+                "--threads",
+                str(self.config.torch_threads),
+            ]
+            return command, None, f"http://127.0.0.1:{port}"
+        if self.ray_host_command is None:
+            raise RuntimeError(f"{spec.name} needs a Ray host command (scripts/bench.py host)")
+        ready = self.logs_dir / f"{_safe(spec.name)}.ready.json"
+        ready.unlink(missing_ok=True)
+        host = HostSpec(
+            kind="monolith" if spec.kind == "monolith" else "serve",
+            app=app,
+            batch=spec.batch,
+            torch_threads=self.config.torch_threads,
+            include_dashboard=spec.include_dashboard,
+            num_cpus=self.config.ray_num_cpus,
+            port=port,
+            ready_file=str(ready),
+        )
+        spec_path = self.logs_dir / f"{_safe(spec.name)}.host.json"
+        spec_path.write_text(host.model_dump_json(indent=2, exclude_defaults=True))
+        return [*self.ray_host_command, "--spec", str(spec_path)], ready, None
+
+    def _wait_for_quiet(self, server: ServerProcess | None = None) -> float:
+        """Wait (polling every 30 s) while another Ray instance runs on this machine or other
+        work keeps more than ``max_background_cores`` busy: one Ray instance at a time, and no
+        measurement next to someone else's. ``server`` (ours, running) does not count.
+        Returns the background load last measured."""
+        waited = 0.0
+        while True:
+            others = foreign_ray_pids(own_pids=server.known if server is not None else ())
+            background = background_cores(3.0, server)
+            if not others and background <= self.config.max_background_cores:
+                return background
+            if waited >= self.config.wait_for_ray_s:
+                raise RuntimeError(
+                    f"machine not quiet after {waited:.0f}s: other Ray pids {others}, "
+                    f"{background:.2f} cores busy"
+                )
+            self.log(
+                f"[bench] machine busy (other Ray pids {others}, {background:.2f} cores in "
+                "use); waiting 30 s"
+            )
+            time.sleep(30.0)
+            waited += 30.0
+
+    def _run_http(self, spec: SystemSpec, result: SystemRun) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        background = self._wait_for_quiet()
+        port = free_port()
+        command, ready, url = self._server_command(spec, port)
+        log_path = self.logs_dir / f"{_safe(spec.name)}.log"
+        result.log_path = str(log_path)
+        started = time.monotonic()
+        server = start_server(
+            spec.name,
+            command,
+            log_path=log_path,
+            env=spec.env,
+            nice=0 if spec.is_ray else self.config.nice,
+            base_url=url,
+            ready_file=ready,
+            timeout_s=600.0,
+            cwd=self.cwd,
+        )
+        try:
+            result.startup_s = time.monotonic() - started
+            result.info = {
+                "url": server.base_url,
+                **server.info,
+                "env": spec.env,
+                "background_cores_at_start": background,
+            }
+            result.idle = measure_idle(server, self.idle_seconds())
+            self._sweep(HttpTarget(spec.name, server, self.config.nice), result)
+        finally:
+            result.stopped = stop_server(server)
+            self.log(f"[bench] {spec.name} stopped ({result.stopped})")
+
+    def idle_seconds(self) -> float:
+        return min(10.0, max(2.0, self.config.sweep.duration_s / 2))
+
+    # -- offline experiments --
+
+    def run_experiments(self) -> dict[str, Any]:
+        from recsys.bench import quality
+
+        names = self.config.experiments
+        out: dict[str, Any] = {}
+        if "raw_throughput" in names and self._raw_rows:
+            out["raw_throughput"] = self._raw_rows
+        offline = [n for n in names if n in ("int8", "nprobe", "candidates")]
+        threads = self.config.torch_threads
+        if offline:
+            self._wait_for_quiet()  # their timings matter too
+            self.log(f"[bench] offline experiments: {', '.join(offline)}")
+            data = quality.EvalData.load(self.config.artifacts)
+            steps: dict[str, Callable[[], Any]] = {
+                "int8": lambda: quality.encoder_precision(data, threads),
+                "nprobe": lambda: quality.nprobe_sweep(data, (8, 16, 32, 64, 128), threads),
+                "candidates": lambda: quality.candidates_sweep(data, (100, 200, 400), threads),
+            }
+            for name in offline:
+                started = time.monotonic()
+                try:
+                    out[name] = steps[name]()
+                except Exception as exc:  # an experiment failing must not lose the sweeps
+                    out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                self.log(f"[bench] {name}: {time.monotonic() - started:.0f}s")
+        if "cache" in names:
+            queries = self.search_queries()
+            capacities = sorted({0, 1000, self.config.app.encoder.cache_size})
+            out["cache"] = {
+                "n_queries": len(queries),
+                "rows": quality.cache_replay(queries, capacities),
+            }
+        return out
+
+
+def environment_facts(config: BenchConfig) -> dict[str, Any]:
+    """Machine, library versions and artifact facts for the report."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("ray", "torch", "faiss-cpu", "fastapi", "uvicorn", "httpx"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "-"
+    manifest = json.loads((Path(config.artifacts) / "manifest.json").read_text())
+    index = manifest.get("reports", {}).get("index", {})
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_start": load_average(),
+        "versions": versions,
+        "artifact": {
+            "path": config.artifacts,
+            "version": manifest.get("version"),
+            "n_items": index.get("ntotal"),
+            "index": index.get("factory"),
+            "nprobe": index.get("param_value"),
+        },
+    }
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
