@@ -1,0 +1,182 @@
+"""Sampler, summary, plots and reports on synthetic data (no cluster)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.experiments.cluster_spec import ReplicaCounts
+from recsys.experiments.compare import COMPARISON_FILE, COMPARISON_PLOT, write_comparison
+from recsys.experiments.report import (
+    PLOTS,
+    ExperimentSummary,
+    hold_integral,
+    load_experiment,
+    request_windows,
+    summarize,
+    write_report,
+)
+from recsys.experiments.sampler import Sampler, Snapshot, wide
+from recsys.experiments.spec import REPORT_FILE, SUMMARY_FILE
+from recsys.experiments.synthetic import write_synthetic_experiment
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_experiment(tmp_path_factory.mktemp("exp") / "synthetic-step")
+
+
+# ---- sampler ----------------------------------------------------------------------------------
+
+
+def test_sampler_records_snapshots_and_probe_errors() -> None:
+    calls = {"n": 0}
+
+    def probe() -> Snapshot:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("controller busy")
+        return Snapshot(
+            t_unix=time.time(),
+            worker_nodes={"gpu-small": calls["n"]},
+            replicas={"Ranker": ReplicaCounts(running=1, target=2, starting=1)},
+        )
+
+    sampler = Sampler(probe, interval_s=0.02, node_types=["gpu-small", "gpu-multi"])
+    with sampler:
+        deadline = time.monotonic() + 5
+        while calls["n"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    frame = sampler.frame()
+    assert set(frame.columns) == {"t_unix", "metric", "name", "value"}
+    errors = frame[frame["metric"] == "probe_error"]
+    assert len(errors) == 1 and "controller busy" in errors["name"].iloc[0]
+    nodes = wide(frame, "worker_nodes")
+    assert list(nodes.columns) == ["gpu-multi", "gpu-small"]
+    assert (nodes["gpu-multi"] == 0).all()  # a node type with no nodes is an explicit zero
+    assert wide(frame, "target_replicas")["Ranker"].eq(2).all()
+    assert sampler.last is not None
+    assert not any(t.name == "cluster-sampler" for t in threading.enumerate())
+
+
+# ---- series and summary -----------------------------------------------------------------------
+
+
+def test_hold_integral() -> None:
+    series = pd.DataFrame({"a": [1.0, 3.0, 2.0]}, index=[0.0, 10.0, 20.0])
+    # 1 x 10 + 3 x 10 + 2 x 15 (the last value held to the end)
+    assert hold_integral(series, 0.0, 35.0)["a"] == pytest.approx(70.0)
+    assert hold_integral(series, 5.0, 15.0)["a"] == pytest.approx(5 * 1 + 5 * 3)
+    before = pd.DataFrame({"a": [4.0]}, index=[-5.0])
+    assert hold_integral(before, 0.0, 10.0)["a"] == pytest.approx(40.0)
+
+
+def test_request_windows_count_every_outcome(synthetic: Path) -> None:
+    exp = load_experiment(synthetic)
+    windows = request_windows(exp.requests, 5.0, 500.0)
+    assert windows["offered"].sum() == len(exp.requests)
+    outcome_cols = ["ok", "http_503", "http_other", "timeout", "error"]
+    assert (windows[outcome_cols].sum(axis=1) == windows["sent"]).all()
+    assert (windows["met_slo"] <= windows["ok"]).all()
+    high = windows[(windows["t_s"] >= 20) & (windows["t_s"] < 40)]
+    calm = windows[windows["t_s"] < 20]
+    assert (high["p99"] > calm["p99"].max()).all()
+
+
+def test_summary_of_the_synthetic_step(synthetic: Path) -> None:
+    s = summarize(load_experiment(synthetic))
+    assert s.requests_sent == s.requests_with_outcome == s.requests_scheduled
+    assert (s.load_up_s, s.load_down_s) == (20.0, 80.0)
+    assert s.low_rate_rps == pytest.approx(5, rel=0.3) and s.high_rate_rps == pytest.approx(
+        30, rel=0.15
+    )
+    # replicas at t=24 (QueryEncoder) and t=28 (Ranker); nodes at 26/27; back at 95 and 120
+    assert s.time_to_scale_up_s == pytest.approx(4.0)
+    assert s.time_to_first_node_s == pytest.approx(6.0)
+    assert s.time_to_peak_replicas_s == pytest.approx(8.0)
+    assert s.time_to_replicas_down_s == pytest.approx(15.0)
+    assert s.time_to_nodes_down_s == pytest.approx(40.0)
+    assert s.time_to_scale_down_s == pytest.approx(40.0)
+    assert s.baseline_replicas == {"Ingress": 1, "QueryEncoder": 1, "Ranker": 1, "Retriever": 1}
+    assert s.max_replicas == {"Ingress": 1, "QueryEncoder": 2, "Ranker": 2, "Retriever": 1}
+    assert s.max_replicas_total == 6 and s.max_worker_nodes == 4
+    assert s.max_worker_nodes_by_type == {"gpu-multi": 2, "gpu-small": 2}
+    # latency recovers by t=40: p99 back under the SLO from the window starting there
+    assert s.p99_recovered_after_s == pytest.approx(20.0)
+    assert s.p99_by_phase_ms["high"] > s.slo_ms > s.p99_by_phase_ms["before"]
+    assert 0 < s.slo_attainment_high < s.slo_attainment < 1
+    assert s.latency_slo_attainment >= s.slo_attainment
+    assert s.http_503 > 0 and s.timeouts > 0 and s.degraded > 0
+    assert s.failed == s.http_503 + s.timeouts + s.http_other + s.errors
+    # cost over [0, 140]: QueryEncoder 2 in [24, 95), Ranker 2 in [28, 95), others 1
+    assert s.cost_window_s == 140
+    assert s.replica_seconds["QueryEncoder"] == pytest.approx(140 + 71, abs=1)
+    assert s.replica_seconds["Ranker"] == pytest.approx(140 + 67, abs=1)
+    assert s.replica_seconds_total == pytest.approx(sum(s.replica_seconds.values()), abs=0.5)
+    # gpu-small 2 in [26, 120), gpu-multi 2 in [27, 120)
+    assert s.gpu_node_seconds == pytest.approx(2 * 140 + 94 + 93, abs=1)
+    assert s.gpu_seconds == pytest.approx(1 * (140 + 94) + 2 * (140 + 93), abs=1)
+    assert s.client_cpu_s == pytest.approx(3.2)
+    assert s.notes == []
+
+
+def test_recovery_is_none_when_latency_stays_high(tmp_path: Path) -> None:
+    out = write_synthetic_experiment(tmp_path / "never")
+    exp = load_experiment(out)
+    late = exp.requests["scheduled_s"] >= 20
+    exp.requests.loc[late, "latency_ms"] = 5000.0
+    s = summarize(exp)
+    assert s.p99_recovered_after_s is None
+    assert s.slo_attainment_high == 0.0
+
+
+def test_missing_outcomes_are_reported(synthetic: Path) -> None:
+    exp = load_experiment(synthetic)
+    exp.requests.loc[exp.requests.index[:3], "outcome"] = None
+    s = summarize(exp)
+    assert s.requests_with_outcome == s.requests_sent - 3
+    assert any("no outcome" in note for note in s.notes)
+
+
+# ---- reports ----------------------------------------------------------------------------------
+
+
+def test_write_report(synthetic: Path) -> None:
+    summary = write_report(synthetic)
+    data = json.loads((synthetic / SUMMARY_FILE).read_text())
+    for key in (
+        "requests_sent",
+        "requests_with_outcome",
+        "max_worker_nodes",
+        "max_replicas",
+        "time_to_scale_up_s",
+        "time_to_scale_down_s",
+        "slo_attainment",
+    ):
+        assert key in data
+    assert ExperimentSummary.model_validate(data) == summary
+    for file in PLOTS.values():
+        png = synthetic / file
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 400_000
+    text = (synthetic / REPORT_FILE).read_text()
+    assert "time to scale up" in text and "SLO attainment" in text and "## Reproduce" in text
+    for file in PLOTS.values():
+        assert f"]({file})" in text
+
+
+def test_write_comparison(tmp_path: Path) -> None:
+    a = write_synthetic_experiment(tmp_path / "step-a", seed=1)
+    b = write_synthetic_experiment(tmp_path / "step-b", seed=2)
+    write_report(a)
+    text = write_comparison([a, b], tmp_path / "cmp")
+    assert (tmp_path / "cmp" / COMPARISON_FILE).read_text() == text
+    assert (tmp_path / "cmp" / COMPARISON_PLOT).stat().st_size > 10_000
+    assert "`step-a`" in text and "`step-b`" in text and "GPU-node-seconds" in text
+    assert "../step-a/report.md" in text
+    assert np.isfinite(len(text))
