@@ -11,8 +11,8 @@ at a time), with the experiment arguments given after `--`, into <out>/<prefix>-
 
 examples:
   # compare runs that exist
-  python scripts/compare_policies.py results/experiments/step-reactive \\
-      results/experiments/step-conservative --out results/experiments
+  python scripts/compare_policies.py --out results/experiments \\
+      results/experiments/step-reactive results/experiments/step-conservative
   # run the same step under two policies, then compare
   python scripts/compare_policies.py --policies reactive conservative --out /tmp/cmp -- \\
       --shape step --rate 0.35 --peak 3 --duration 240 --t-up 30 --t-down 150 \\
