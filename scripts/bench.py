@@ -25,6 +25,7 @@ examples:
 variants (each measured against its baseline in the same run; all but threads2 are Serve
 apps compared with `serve`, threads2 is compared with `inprocess`):
   tput       RAY_SERVE_THROUGHPUT_OPTIMIZED=1     batch8     every stage batch 8 / 0 ms
+  tput_proxy tput, direct ingress off (proxy)
   batch32    every stage batch 32 / 5 ms          int8       encoder int8 quantisation
   nocache    query cache off                      dashboard  default Ray start (dashboard)
   tput_int8  tput and int8 together               threads2   in-process pipeline, 2 threads

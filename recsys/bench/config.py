@@ -279,6 +279,13 @@ VARIANTS: dict[str, SystemSpec] = {
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
         },
     ),
+    "tput_proxy": _serve_variant(
+        "tput-proxy",
+        "throughput-optimised mode with direct ingress off: gRPC between replicas, user code "
+        "and router on the replica's event loop, buffered logs, frozen GC; HTTP still through "
+        "Serve's proxy on the configured port",
+        env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+    ),
     "batch8": _serve_variant(
         "batch8", "every stage @serve.batch 8 / 0 ms", app_overrides=_stages(8, 0.0)
     ),
