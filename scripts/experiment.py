@@ -82,6 +82,13 @@ SERVE_CONFIG = ROOT / "deployments" / "configs" / "gpu.yaml"
 K8S_CLUSTER = ROOT / "k8s" / "cluster.yaml"
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {port}")
+    return port
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/experiment.py",
@@ -151,6 +158,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="simulated device time per ranker batch, ms (default 0: off)",
     )
     p.add_argument(
+        "--ranker-max",
+        type=int,
+        default=None,
+        help="cap on ranker gangs, above the profile's if need be (default: the smaller of "
+        "the policy's and the profile's); pair with --gpu-multi-max",
+    )
+    p.add_argument(
         "--deadline-ms",
         type=float,
         default=None,
@@ -168,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--idle-timeout", type=float, default=20.0, help="node idle timeout, s (default 20)"
     )
     p.add_argument(
-        "--port", type=int, default=8000, help="Serve HTTP port on loopback (default 8000)"
+        "--port", type=_port, default=8000, help="Serve HTTP port on loopback (default 8000)"
     )
     p.add_argument(
         "--state-dir",
@@ -237,6 +251,7 @@ def build_spec(
         ranker_max_batch_size=args.ranker_batch,
         ranker_device_ms=args.device_ms,
         deadline_ms=args.deadline_ms,
+        ranker_max_replicas=args.ranker_max,
     )
     artifacts = str(Path(args.artifacts).resolve())
     app = experiment_app_config(profile_app, artifacts, policy, stages)

@@ -181,6 +181,9 @@ class StageOverrides(StrictModel):
     ranker_device_ms: float = Field(0.0, ge=0)
     """Simulated device time per ranker batch (the stage's ``fault_delay_ms``): an awaited
     sleep standing in for the GPU work the logical GPUs cannot do. 0: off."""
+    ranker_max_replicas: int | None = Field(None, ge=1)
+    """Cap on ranker gangs, replacing both the policy's and the profile's (None: the smaller
+    of the two). Capacity planning: how many gangs a load needs beyond the production cap."""
     deadline_ms: float | None = Field(None, gt=0)
     """The ingress request deadline (``routing.deadline_ms``; None: keep the profile's). With
     a simulated device time the deadline has to leave room for it."""
@@ -216,7 +219,12 @@ def experiment_app_config(
     app.artifacts = artifacts
     for name in MODEL_STAGES:
         stage_cfg = getattr(app, name)
-        update: dict[str, Any] = {"autoscaling": _autoscaling(stage_cfg.autoscaling, policy, name)}
+        autoscaling = _autoscaling(stage_cfg.autoscaling, policy, name)
+        if name == "ranker" and stages.ranker_max_replicas is not None:
+            autoscaling = autoscaling.model_copy(
+                update={"max_replicas": stages.ranker_max_replicas}
+            )
+        update: dict[str, Any] = {"autoscaling": autoscaling}
         if stages.torch_threads is not None:
             update["torch_threads"] = stages.torch_threads
         batch = stages.max_batch_size

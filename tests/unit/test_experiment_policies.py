@@ -91,3 +91,15 @@ def test_conservative_is_slower_than_reactive() -> None:
         )
     with pytest.raises(ValueError, match="unknown policy"):
         get_policy("yolo")
+
+
+def test_ranker_cap_can_exceed_the_profile_for_capacity_planning() -> None:
+    profile = gpu_profile()
+    policy = get_policy("tuned")
+    default = experiment_app_config(profile, "/a", policy, StageOverrides())
+    raised = experiment_app_config(profile, "/a", policy, StageOverrides(ranker_max_replicas=6))
+    assert default.ranker.autoscaling.max_replicas == min(
+        LOCAL_MAX_REPLICAS["ranker"], profile.ranker.autoscaling.max_replicas
+    )
+    assert raised.ranker.autoscaling.max_replicas == 6
+    assert raised.query_encoder.autoscaling == default.query_encoder.autoscaling
