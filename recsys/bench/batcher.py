@@ -30,7 +30,7 @@ from recsys.bench.requests import BenchRequest, from_schedule_row
 from recsys.catalog import UnknownFilterError, UnknownIdError
 from recsys.config import AppConfig
 from recsys.pipeline import Pipeline, PreparedRequest
-from recsys.traffic.runner import RECORD_COLUMNS, START_LEAD_S
+from recsys.traffic.runner import START_LEAD_S, RequestRecorder
 
 
 @dataclass
@@ -52,44 +52,6 @@ class InProcessRun:
     """CPU of this process over the run minus the dispatcher's: batcher thread, torch and
     FAISS threads (and the progress bar, negligible)."""
     batch_sizes: list[int] = field(default_factory=list)
-
-
-class _Recorder:
-    def __init__(self, schedule: pd.DataFrame):
-        n = len(schedule)
-        self.n = n
-        self.sent = np.full(n, np.nan)
-        self.done = np.full(n, np.nan)
-        self.status = np.full(n, -1, dtype=np.int32)
-        self.outcome: list[str | None] = [None] * n
-        self.variant: list[str | None] = [None] * n
-        self.degraded: list[bool | None] = [None] * n
-        self.error: list[str | None] = [None] * n
-        self.server_ms = np.full(n, np.nan)
-
-    def frame(self, schedule: pd.DataFrame) -> pd.DataFrame:
-        scheduled = schedule["scheduled_s"].to_numpy(dtype=np.float64)
-        return pd.DataFrame(
-            {
-                "id": schedule["id"].to_numpy(dtype=np.int64),
-                "scheduled_s": scheduled,
-                "sent_s": self.sent,
-                "done_s": self.done,
-                "send_lag_ms": (self.sent - scheduled) * 1000.0,
-                "latency_ms": (self.done - scheduled) * 1000.0,
-                "response_ms": (self.done - self.sent) * 1000.0,
-                "route": schedule["route"].astype("string").to_numpy(),
-                "method": schedule["method"].astype("string").to_numpy(),
-                "status": self.status,
-                "outcome": pd.array(self.outcome, dtype="string"),
-                "variant": pd.array(self.variant, dtype="string"),
-                "degraded": pd.array(self.degraded, dtype="boolean"),
-                "degraded_reason": pd.array([None] * self.n, dtype="string"),
-                "error": pd.array(self.error, dtype="string"),
-                "server_total_ms": self.server_ms,
-            },
-            columns=RECORD_COLUMNS,
-        )
 
 
 def load_pipeline_threads(threads: int) -> None:
@@ -145,7 +107,7 @@ class InProcessServer:
         """Serve every scheduled request at its time; one outcome per request."""
         requests = parse_schedule(schedule)
         scheduled = schedule["scheduled_s"].to_numpy(dtype=np.float64)
-        rec = _Recorder(schedule)
+        rec = RequestRecorder(schedule)
         timings: dict[int, dict[str, float]] = {}
         sizes: list[int] = []
         jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -196,7 +158,7 @@ class InProcessServer:
         return InProcessRun(rec.frame(schedule), timings, wall, client_cpu, server_cpu, sizes)
 
     def _gather(
-        self, jobs: queue.Queue[_Job | None], rec: _Recorder, clock: _Clock
+        self, jobs: queue.Queue[_Job | None], rec: RequestRecorder, clock: _Clock
     ) -> tuple[list[_Job], bool]:
         """One batch: block for the first job, then take more until ``max_batch_size`` or
         until the wait, counted from the first job's arrival, is over (for a backlog that
@@ -220,7 +182,7 @@ class InProcessServer:
     def _run_batch(
         self,
         batch: Sequence[_Job],
-        rec: _Recorder,
+        rec: RequestRecorder,
         timings: dict[int, dict[str, float]],
         scheduled: np.ndarray,
         clock: _Clock,
@@ -275,7 +237,7 @@ class InProcessServer:
             }
 
     @staticmethod
-    def _fail(rec: _Recorder, i: int, status: int, error: str, done: float) -> None:
+    def _fail(rec: RequestRecorder, i: int, status: int, error: str, done: float) -> None:
         rec.status[i] = status
         rec.outcome[i] = "http_error"
         rec.error[i] = error

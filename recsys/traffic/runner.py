@@ -94,8 +94,9 @@ class RunResult:
         return int(self.records["sent_s"].notna().sum())
 
 
-class _Recorder:
-    """Column arrays for ``n`` requests, filled in by the send tasks."""
+class RequestRecorder:
+    """Column arrays for ``n`` scheduled requests (one row each, in schedule order), filled in
+    as they are sent and answered; ``frame`` gives the ``RECORD_COLUMNS`` table."""
 
     def __init__(self, schedule: pd.DataFrame):
         n = len(schedule)
@@ -178,7 +179,7 @@ class ClientShards:
         await asyncio.gather(*(c.aclose() for c in self.clients), return_exceptions=True)
 
 
-def _read_answer(rec: _Recorder, i: int, response: httpx.Response) -> None:
+def _read_answer(rec: RequestRecorder, i: int, response: httpx.Response) -> None:
     rec.status[i] = response.status_code
     try:
         body: Any = response.json()
@@ -216,7 +217,7 @@ async def run_async(
     rest are ``not_sent``, and the records so far are returned as usual.
     """
     stop = stop or asyncio.Event()
-    rec = _Recorder(schedule)
+    rec = RequestRecorder(schedule)
     scheduled = schedule["scheduled_s"].to_numpy(dtype=np.float64)
     methods = schedule["method"].astype(str).tolist()
     paths = schedule["path"].astype(str).tolist()
