@@ -21,7 +21,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_stage(**overrides: object) -> StageConfig:
+def small_stage(**overrides: object) -> StageConfig:
     """One replica, small fractional CPU: what fits next to the tests on 2 cores."""
     base: dict[str, object] = {
         "num_cpus": 0.1,
@@ -38,9 +38,9 @@ def app_config(artifacts: Path, **overrides: object) -> AppConfig:
     data: dict[str, object] = {
         "artifacts": str(artifacts),
         "routing": RoutingConfig(deadline_ms=20_000),
-        "query_encoder": test_stage(),
-        "retriever": test_stage(),
-        "ranker": test_stage(),
+        "query_encoder": small_stage(),
+        "retriever": small_stage(),
+        "ranker": small_stage(),
     }
     data.update(overrides)
     return AppConfig.model_validate(data)

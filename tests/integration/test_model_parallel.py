@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from recsys.config import RoutingConfig, TopologyConfig
-from tests.integration.conftest import ServeApp, app_config, test_stage
+from tests.integration.conftest import ServeApp, app_config, small_stage
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def app(serve_instance: ServeApp, tiny_artifact: Path) -> ServeApp:
         tiny_artifact,
         topology=TopologyConfig(tp=2, timeout_s=10),
         routing=RoutingConfig(deadline_ms=5_000),
-        ranker=test_stage(health_check_period_s=2),
+        ranker=small_stage(health_check_period_s=2),
     )
     serve_instance.deploy(config)
     return serve_instance

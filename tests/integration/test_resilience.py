@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from recsys.config import IngressConfig, RoutingConfig
-from tests.integration.conftest import ServeApp, app_config, test_stage
+from tests.integration.conftest import ServeApp, app_config, small_stage
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_slow_ranker_degrades_to_retrieval_order(
     config = app_config(
         tiny_artifact,
         routing=RoutingConfig(deadline_ms=3_000, fallback_reserve_share=0.25),
-        ranker=test_stage(fault_delay_ms=3_000),
+        ranker=small_stage(fault_delay_ms=3_000),
     )
     serve_instance.deploy(config)  # warm-up search succeeds (degraded answers are 200)
     started = time.monotonic()
@@ -52,7 +52,7 @@ def test_overloaded_stage_answers_503_with_retry_after(
     of 24 gets fast 503s with Retry-After for the excess and 200s for the rest; none hangs."""
     config = app_config(
         tiny_artifact,
-        retriever=test_stage(
+        retriever=small_stage(
             fault_delay_ms=200, max_batch_size=1, max_ongoing_requests=1, max_queued_requests=2
         ),
     )
@@ -79,7 +79,7 @@ def test_overloaded_ingress_is_refused_by_the_proxy_with_retry_after(
     config = app_config(
         tiny_artifact,
         ingress=IngressConfig(num_cpus=0.1, max_ongoing_requests=2, max_queued_requests=2),
-        retriever=test_stage(
+        retriever=small_stage(
             fault_delay_ms=300, max_batch_size=1, max_ongoing_requests=1, max_queued_requests=-1
         ),
     )
@@ -97,7 +97,7 @@ def test_blown_deadline_is_a_503_not_a_hang(serve_instance: ServeApp, tiny_artif
     config = app_config(
         tiny_artifact,
         routing=RoutingConfig(deadline_ms=800),
-        retriever=test_stage(fault_delay_ms=1_500),
+        retriever=small_stage(fault_delay_ms=1_500),
     )
     from ray import serve
 
