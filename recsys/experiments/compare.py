@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 from recsys.experiments.report import (
     Experiment,
     ExperimentSummary,
+    fmt_number,
+    fmt_share,
     load_experiment,
     node_series,
     replica_series,
@@ -23,20 +25,8 @@ COMPARISON_FILE = "comparison.md"
 COMPARISON_PLOT = "comparison.png"
 
 
-def _n(value: float | int | None, digits: int = 1, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return f"{value}{unit}"
-    return f"{value:.{digits}f}{unit}"
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def _phases(values: dict[str, float | None]) -> str:
-    return " / ".join(_n(values.get(k), 0) for k in ("before", "high", "after"))
+    return " / ".join(fmt_number(values.get(k), digits=0) for k in ("before", "high", "after"))
 
 
 def comparison_table(summaries: Sequence[ExperimentSummary]) -> str:
@@ -45,22 +35,22 @@ def comparison_table(summaries: Sequence[ExperimentSummary]) -> str:
         ("policy", [s.policy for s in summaries]),
         (
             "load (req/s): low -> high",
-            [f"{s.low_rate_rps:g} -> {_n(s.high_rate_rps)}" for s in summaries],
+            [f"{s.low_rate_rps:g} -> {fmt_number(s.high_rate_rps)}" for s in summaries],
         ),
         (
             "requests sent / with outcome",
             [f"{s.requests_sent} / {s.requests_with_outcome}" for s in summaries],
         ),
-        ("time to scale up (s)", [_n(s.time_to_scale_up_s) for s in summaries]),
-        ("time to first added node (s)", [_n(s.time_to_first_node_s) for s in summaries]),
-        ("time to peak replicas (s)", [_n(s.time_to_peak_replicas_s) for s in summaries]),
+        ("time to scale up (s)", [fmt_number(s.time_to_scale_up_s) for s in summaries]),
+        ("time to first added node (s)", [fmt_number(s.time_to_first_node_s) for s in summaries]),
+        ("time to peak replicas (s)", [fmt_number(s.time_to_peak_replicas_s) for s in summaries]),
         (
             "replicas back to baseline after the drop (s)",
-            [_n(s.time_to_replicas_down_s) for s in summaries],
+            [fmt_number(s.time_to_replicas_down_s) for s in summaries],
         ),
         (
             "nodes back to baseline after the drop (s)",
-            [_n(s.time_to_nodes_down_s) for s in summaries],
+            [fmt_number(s.time_to_nodes_down_s) for s in summaries],
         ),
         (
             "max replicas (total)",
@@ -80,8 +70,8 @@ def comparison_table(summaries: Sequence[ExperimentSummary]) -> str:
                 for s in summaries
             ],
         ),
-        ("SLO attainment (whole run)", [_share(s.slo_attainment) for s in summaries]),
-        ("SLO attainment (high phase)", [_share(s.slo_attainment_high) for s in summaries]),
+        ("SLO attainment (whole run)", [fmt_share(s.slo_attainment) for s in summaries]),
+        ("SLO attainment (high phase)", [fmt_share(s.slo_attainment_high) for s in summaries]),
         (
             "p99, SLO view: before / high / after (ms)",
             [_phases(s.p99_slo_by_phase_ms) for s in summaries],
@@ -93,7 +83,9 @@ def comparison_table(summaries: Sequence[ExperimentSummary]) -> str:
         (
             "p99 back under SLO after (s)",
             [
-                _n(s.p99_recovered_after_s) if s.p99_recovered_after_s is not None else "never"
+                fmt_number(s.p99_recovered_after_s)
+                if s.p99_recovered_after_s is not None
+                else "never"
                 for s in summaries
             ],
         ),

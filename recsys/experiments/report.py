@@ -710,7 +710,8 @@ def figures(exp: Experiment, summary: ExperimentSummary | None = None) -> dict[s
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | int | None, unit: str = "", digits: int = 1) -> str:
+def fmt_number(value: float | int | None, unit: str = "", digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals and ``unit``; "n/a" for None or non-finite."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if isinstance(value, int):
@@ -718,7 +719,7 @@ def _fmt(value: float | int | None, unit: str = "", digits: int = 1) -> str:
     return f"{value:.{digits}f}{unit}"
 
 
-def _pct_str(value: float | None) -> str:
+def fmt_share(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
@@ -731,44 +732,55 @@ def result_rows(s: ExperimentSummary) -> list[tuple[str, str]]:
     return [
         (
             "load",
-            f"{s.low_rate_rps:g} req/s, {_fmt(s.high_rate_rps)} req/s from "
-            f"t={_fmt(s.load_up_s, ' s', 0)} to t={_fmt(s.load_down_s, ' s', 0)}",
+            f"{s.low_rate_rps:g} req/s, {fmt_number(s.high_rate_rps)} req/s from "
+            f"t={fmt_number(s.load_up_s, ' s', 0)} to t={fmt_number(s.load_down_s, ' s', 0)}",
         ),
         (
             "requests sent / with an outcome",
             f"{s.requests_sent} / {s.requests_with_outcome} (scheduled {s.requests_scheduled})",
         ),
-        ("time to scale up (first added replica serving)", _fmt(s.time_to_scale_up_s, " s")),
-        ("time to first added worker node", _fmt(s.time_to_first_node_s, " s")),
-        ("time to peak replicas", _fmt(s.time_to_peak_replicas_s, " s")),
-        ("time to scale down: replicas back to baseline", _fmt(s.time_to_replicas_down_s, " s")),
-        ("time to scale down: worker nodes back to baseline", _fmt(s.time_to_nodes_down_s, " s")),
-        ("time to scale down (both)", _fmt(s.time_to_scale_down_s, " s")),
+        ("time to scale up (first added replica serving)", fmt_number(s.time_to_scale_up_s, " s")),
+        ("time to first added worker node", fmt_number(s.time_to_first_node_s, " s")),
+        ("time to peak replicas", fmt_number(s.time_to_peak_replicas_s, " s")),
+        (
+            "time to scale down: replicas back to baseline",
+            fmt_number(s.time_to_replicas_down_s, " s"),
+        ),
+        (
+            "time to scale down: worker nodes back to baseline",
+            fmt_number(s.time_to_nodes_down_s, " s"),
+        ),
+        ("time to scale down (both)", fmt_number(s.time_to_scale_down_s, " s")),
         ("replicas: baseline -> max", f"{base} -> {reps} (total {s.max_replicas_total})"),
         ("worker nodes: baseline -> max", f"{base_nodes} -> {nodes} (total {s.max_worker_nodes})"),
         (
             f"SLO attainment (2xx, ranked, <= {s.slo_ms:g} ms)",
-            f"{_pct_str(s.slo_attainment)} (high phase {_pct_str(s.slo_attainment_high)})",
+            f"{fmt_share(s.slo_attainment)} (high phase {fmt_share(s.slo_attainment_high)})",
         ),
-        ("latency-only SLO attainment (degraded allowed)", _pct_str(s.latency_slo_attainment)),
-        ("p50 / p99 of 2xx (whole run)", f"{_fmt(s.p50_ms, ' ms')} / {_fmt(s.p99_ms, ' ms')}"),
+        ("latency-only SLO attainment (degraded allowed)", fmt_share(s.latency_slo_attainment)),
+        (
+            "p50 / p99 of 2xx (whole run)",
+            f"{fmt_number(s.p50_ms, ' ms')} / {fmt_number(s.p99_ms, ' ms')}",
+        ),
         (
             "p99, SLO view (misses count as the client timeout): whole run",
-            _fmt(s.p99_slo_ms, " ms"),
+            fmt_number(s.p99_slo_ms, " ms"),
         ),
         (
             "p99, SLO view: before / high / after",
             " / ".join(
-                _fmt(s.p99_slo_by_phase_ms.get(k), " ms") for k in ("before", "high", "after")
+                fmt_number(s.p99_slo_by_phase_ms.get(k), " ms") for k in ("before", "high", "after")
             ),
         ),
         (
             "p99 of 2xx before / high / after",
-            " / ".join(_fmt(s.p99_by_phase_ms.get(k), " ms") for k in ("before", "high", "after")),
+            " / ".join(
+                fmt_number(s.p99_by_phase_ms.get(k), " ms") for k in ("before", "high", "after")
+            ),
         ),
         (
             "p99 back under the SLO after the step",
-            _fmt(s.p99_recovered_after_s, " s")
+            fmt_number(s.p99_recovered_after_s, " s")
             if s.p99_recovered_after_s is not None
             else "no (not by the end of the high phase)",
         ),
@@ -787,13 +799,14 @@ def result_rows(s: ExperimentSummary) -> list[tuple[str, str]]:
         (
             "generator send lag p50 / p99 / max",
             " / ".join(
-                _fmt(v, " ms") for v in (s.send_lag_ms.p50, s.send_lag_ms.p99, s.send_lag_ms.max)
+                fmt_number(v, " ms")
+                for v in (s.send_lag_ms.p50, s.send_lag_ms.p99, s.send_lag_ms.max)
             ),
         ),
         (
             "generator CPU used / waited for a CPU / niceness",
-            f"{_fmt(s.client_cpu_s, ' s')} / {_fmt(s.client_cpu_wait_s, ' s')} / "
-            + _fmt(s.client_nice),
+            f"{fmt_number(s.client_cpu_s, ' s')} / {fmt_number(s.client_cpu_wait_s, ' s')} / "
+            + fmt_number(s.client_nice),
         ),
     ]
 
