@@ -9,6 +9,7 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import stage_metrics
+from deployments.payloads import EncodedGroup
 from recsys.cache import EmbeddingCache
 from recsys.config import AppConfig
 from recsys.encoder import QueryEncoder
@@ -16,7 +17,9 @@ from recsys.encoder import QueryEncoder
 
 @serve.deployment
 class QueryEncoderDeployment:
-    """``encode(query) -> (vector float32 (384,), encode_ms)``, batched across requests."""
+    """``encode(queries) -> (vectors float32 (len(queries), 384), encode_ms)``.
+
+    Batched across calls; each call is one group of queries from the ingress."""
 
     def __init__(self, config: AppConfig):
         stage = config.query_encoder
@@ -30,10 +33,13 @@ class QueryEncoderDeployment:
         self.encoder.encode(["warm up"])  # first call allocates; keep it out of a request
 
     @serve.batch
-    async def encode(self, queries: list[str]) -> list[tuple[np.ndarray, float]]:
+    async def encode(self, groups: list[list[str]]) -> list[EncodedGroup]:
+        """Each call carries one ingress group's queries; all calls in a batch are encoded
+        together and every call gets its own rows back as one compact array."""
         started = time.perf_counter()
         if self.fault_delay_s:
             await asyncio.sleep(self.fault_delay_s)
+        queries = [q for group in groups for q in group]
         vectors, hits = self.cache.encode_through(queries, self.encoder.encode, self.encoder.dim)
         ms = (time.perf_counter() - started) * 1000.0
         m = self.metrics
@@ -43,7 +49,8 @@ class QueryEncoderDeployment:
             m.cache_hits.inc(hits)
         m.cache_lookups.inc(len(queries))
         m.cache_hit_ratio.set(self.cache.hit_ratio)
-        return [(v, ms) for v in vectors]
+        bounds = np.cumsum([0, *(len(group) for group in groups)])
+        return [(vectors[a:b], ms) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def stats(self) -> dict[str, float]:
         """Cache statistics of this replica (for tests and operators)."""

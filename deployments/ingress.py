@@ -1,11 +1,12 @@
 """The HTTP ingress: validation, routing, deadlines, degradation, errors, logs and metrics.
 
-Request path (search)::
+Request path (search), for a group of concurrent requests (``recsys.coalesce``; the local
+profile coalesces up to 16, the GPU profile sends each request on its own)::
 
-    encoder.encode(query) ──(response passed straight on)──> retriever.retrieve(...)
-        -> candidates back here -> ranker[variant].rank(...) within its deadline share
-        -> top-k, or retrieval order with ``degraded: true`` when the ranker is late,
-           overloaded or failing.
+    encoder.encode(queries) ──(response passed straight on)──> retriever.retrieve(...)
+        ──(passed straight on)──> ranker[variant].rank(...) within the deadline's share
+        -> top-k per request, or retrieval order with ``degraded: true`` when the ranker
+           is late, overloaded or failing.
 
 Every answer is JSON with a request id (also in the ``X-Request-ID`` header and the access
 log). Bad input is a 4xx naming the problem; overload and blown deadlines are 503 with
@@ -30,9 +31,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.metrics import stage_metrics
+from deployments.payloads import Ranked, Retrieved
 from recsys import __version__
 from recsys.artifacts import Artifact
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
+from recsys.coalesce import Coalescer, QueueFull
 from recsys.config import AppConfig
 from recsys.pipeline import PreparedRequest, new_request_id, prepare, ranked_items
 from recsys.routing import Deadline, RoutingPolicy
@@ -54,6 +57,9 @@ if not access_log.handlers:
     access_log.addHandler(_handler)
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
+
+Job = tuple[PreparedRequest, Deadline]
+"""One request waiting for its group: what to compute and its own deadline."""
 
 # Set by the ingress replica from its config (one ingress per process).
 LIMITS = {"max_body_bytes": 16_384}
@@ -213,6 +219,12 @@ class Ingress:
         self.rankers = rankers
         self.metrics = stage_metrics()
         self.retry_after = {"Retry-After": str(config.routing.retry_after_s)}
+        self.coalescer: Coalescer[Job, tuple[dict, dict]] = Coalescer(
+            self._run_group,
+            max_batch_size=config.ingress.group_max_size,
+            max_in_flight=config.ingress.groups_in_flight,
+            max_queued=config.ingress.group_queue_limit,
+        )
 
     # ---- endpoints ---------------------------------------------------------------------------
 
@@ -328,48 +340,108 @@ class Ingress:
         )
 
     async def _run(self, prep: PreparedRequest, deadline: Deadline) -> tuple[dict, dict]:
-        """encode -> retrieve -> rank as one chain of responses; fall back to retrieval order.
+        """This request's answer, computed with whatever requests are concurrent with it
+        (``recsys.coalesce``): raises :class:`StageError` when it gets a 503."""
+        try:
+            return await self.coalescer.submit((prep, deadline))
+        except QueueFull as exc:
+            detail = f"ingress is overloaded ({exc}); retry later"
+            raise StageError("ingress", "overloaded", detail) from None
 
-        Each stage's response is handed to the next stage directly, so the query vector and
-        the candidates never travel through the ingress on the happy path. Only when the
-        ranked answer misses its share of the deadline (or the ranker is overloaded or
-        failing) does the ingress fetch the retrieved candidates and answer in their order.
+    async def _run_group(self, group: list[Job]) -> list[tuple[dict, dict] | StageError]:
+        """encode -> retrieve -> rank for a group, as one chain of responses, one call per
+        stage; requests whose ranked answer is late (or whose ranker is overloaded or failing)
+        are answered in retrieval order.
+
+        Each stage's response is handed to the next stage directly, so query vectors and
+        candidates never travel through the ingress on the happy path. Only when a ranked
+        answer misses its share of the deadline does the ingress fetch the retrieved
+        candidates and answer in their order. The group keeps the earliest deadline of its
+        requests.
         """
+        waited = [d.elapsed_ms() for _, d in group]  # queued for a group slot until now
+        preps = [prep for prep, _ in group]
+        deadline = min((d for _, d in group), key=lambda d: d.start + d.budget_s)
         n = self.config.retrieval.n_candidates
-        encoded = self.encoder.encode.remote(prep.query) if prep.query is not None else None
-        retrieved = self.retriever.retrieve.remote(prep.retrieval(n), encoded)
-        upstream = "retrieve" if encoded is None else "encode+retrieve"
-        ranker = self.rankers[prep.decision.variant]
-        scores, reason = None, None
+        queries: list[str] = []
+        query_rows: list[int] = []  # each request's row in the encoder's answer (-1: none)
+        for p in preps:
+            query_rows.append(len(queries) if p.query is not None else -1)
+            if p.query is not None:
+                queries.append(p.query)
+        encoded = self.encoder.encode.remote(queries) if queries else None
+        retrieved = self.retriever.retrieve.remote(
+            [p.retrieval(n) for p in preps], encoded, query_rows
+        )
+        upstream = "encode+retrieve" if queries else "retrieve"
+        by_variant: dict[str, list[int]] = {}
+        for i, p in enumerate(preps):
+            by_variant.setdefault(p.decision.variant, []).append(i)
+        ranked: list[Ranked | None] = [None] * len(preps)
+        reasons: list[str | None] = [None] * len(preps)
         started = time.perf_counter()
         budget = self.policy.ranker_budget_s(deadline)
         if budget is None:
-            reason = "ranker_deadline"
+            reasons = ["ranker_deadline"] * len(preps)
         else:
-            try:
-                candidates, scores, timings = await self._call(
-                    ranker.rank.remote(prep.rank_query(), retrieved), budget, "rank"
+            calls = [
+                self._call(
+                    self.rankers[variant].rank.remote(
+                        [preps[i].rank_query() for i in picks], retrieved, picks
+                    ),
+                    budget,
+                    "rank",
                 )
+                for variant, picks in by_variant.items()
+            ]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            for picks, outcome in zip(by_variant.values(), outcomes, strict=True):
+                if isinstance(outcome, StageError):
+                    for i in picks:
+                        reasons[i] = f"ranker_{outcome.reason}"
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    for i, answer in zip(picks, outcome, strict=True):
+                        ranked[i] = answer
+        answers: list[tuple[dict, dict] | StageError] = []
+        fallback: list[Retrieved] | StageError | None = None
+        if any(reasons):  # was it the ranker, or retrieval itself? Retrieval decides.
+            try:
+                fallback = await self._call(retrieved, deadline.remaining_s(), upstream)
             except StageError as exc:
-                reason = f"ranker_{exc.reason}"
-        if reason is not None:  # was it the ranker, or retrieval itself? Retrieval decides.
-            candidates, timings = await self._call(retrieved, deadline.remaining_s(), upstream)
-            timings = dict(timings)
-        timings["chain_wall"] = (time.perf_counter() - started) * 1000.0
-        if reason is not None:
-            self.metrics.degraded.inc(tags={"route": prep.route, "reason": reason})
-        timings["total"] = deadline.elapsed_ms()
-        body = RankedResponse(
-            request_id=prep.request_id,
-            route=prep.route,
-            variant=prep.decision.variant,
-            degraded=reason is not None,
-            degraded_reason=reason,
-            items=ranked_items(self.catalog, candidates, scores, prep.k),
-            timings_ms={key: round(v, 3) for key, v in timings.items()},
-            artifact_version=self.artifact.version,
-        )
-        return body.model_dump(), timings
+                fallback = exc
+        chain_ms = (time.perf_counter() - started) * 1000.0
+        for i, (prep, request_deadline) in enumerate(group):
+            reason = reasons[i]
+            if reason is None:
+                candidates, scores, timings = ranked[i]  # type: ignore[misc]
+                timings = dict(timings)
+            elif isinstance(fallback, StageError):
+                answers.append(StageError(fallback.stage, fallback.reason, fallback.detail))
+                continue
+            else:
+                assert fallback is not None
+                candidates, timings = fallback[i]
+                scores, timings = None, dict(timings)
+                self.metrics.degraded.inc(tags={"route": prep.route, "reason": reason})
+            timings["group_wait"] = waited[i]
+            timings["chain_wall"] = chain_ms
+            timings["group_size"] = float(len(preps))
+            timings["total"] = request_deadline.elapsed_ms()
+            body = RankedResponse(
+                request_id=prep.request_id,
+                route=prep.route,
+                variant=prep.decision.variant,
+                degraded=reason is not None,
+                degraded_reason=reason,
+                items=ranked_items(self.catalog, candidates, scores, prep.k),
+                timings_ms={key: round(v, 3) for key, v in timings.items()},
+                artifact_version=self.artifact.version,
+            )
+            answers.append((body.model_dump(), timings))
+        self.metrics.batch_size.observe(len(preps), tags={"stage": "ingress_group"})
+        return answers
 
     async def _call(self, response: Any, timeout_s: float, stage: str) -> Any:
         """Await a stage's answer within ``timeout_s``; map failures to :class:`StageError`."""

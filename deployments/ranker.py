@@ -9,19 +9,21 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import stage_metrics
+from deployments.payloads import Ranked, Retrieved
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.ranking import CandidateRanker
-from recsys.types import Candidates, RankQuery, RankRequest
+from recsys.types import RankQuery, RankRequest
 
 
 @serve.deployment
 class RankerDeployment:
-    """``rank(query, retrieved) -> (candidates, scores, stage_ms)``, batched across requests.
+    """``rank(queries, retrieved, picks) -> [(candidates, scores, stage_ms)]``, batched.
 
-    ``retrieved`` is the retriever's answer ``(candidates, stage_ms)``: the ingress passes the
-    retriever's response straight in, so candidates go retriever -> ranker without a round
-    trip through the ingress; they come back with the scores for the final top-k.
+    Each call is one group of requests from the ingress. ``retrieved`` is the retriever's
+    answer for the group: the ingress passes the retriever's response straight in, so
+    candidates go retriever -> ranker without a round trip through the ingress; they come back
+    with the scores for the final top-k.
 
     With ``topology.tp > 1`` the replica is rank 0 of a gang whose other ranks are Ray actors
     in the replica's placement group (see ``deployments.gang``).
@@ -46,20 +48,34 @@ class RankerDeployment:
 
     @serve.batch
     async def rank(
-        self, queries: list[RankQuery], retrieved: list[tuple[Candidates, dict[str, float]]]
-    ) -> list[tuple[Candidates, np.ndarray, dict[str, float]]]:
+        self,
+        queries: list[list[RankQuery]],
+        retrieved: list[list[Retrieved]],
+        picks: list[list[int]],
+    ) -> list[list[Ranked]]:
+        """Each call is one ingress group: ``retrieved`` is the retriever's answer for the whole
+        group (passed straight in), ``picks`` the positions in it this ranker variant scores,
+        in the order of ``queries``. Every call in a batch is scored together."""
         started = time.perf_counter()
         if self.fault_delay_s:
             await asyncio.sleep(self.fault_delay_s)
-        requests = [RankRequest.of(q, c) for q, (c, _) in zip(queries, retrieved, strict=True)]
+        requests: list[RankRequest] = []
+        stage_ms: list[dict[str, float]] = []
+        for group_queries, group, positions in zip(queries, retrieved, picks, strict=True):
+            for query, pos in zip(group_queries, positions, strict=True):
+                candidates, ms_so_far = group[pos]
+                requests.append(RankRequest.of(query, candidates))
+                stage_ms.append(ms_so_far)
         scores = self.ranker.score(requests)
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.batch_size.observe(len(requests), tags={"stage": "rank"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "rank"})
-        return [
-            (req.candidates, s, {**stage_ms, "rank": ms})
-            for req, s, (_, stage_ms) in zip(requests, scores, retrieved, strict=True)
+        answers = [
+            (req.candidates, s, {**so_far, "rank": ms})
+            for req, s, so_far in zip(requests, scores, stage_ms, strict=True)
         ]
+        bounds = np.cumsum([0, *(len(positions) for positions in picks)])
+        return [answers[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def check_health(self) -> None:
         """Fails when a rank of the gang died or the process group broke: Serve then replaces

@@ -9,21 +9,21 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import stage_metrics
+from deployments.payloads import EncodedGroup, Retrieved
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.retrieval import Retriever
-from recsys.types import Candidates, RetrievalRequest
-
-EncodedQuery = tuple[np.ndarray, float]  # what the encoder returns: (vector, encode_ms)
+from recsys.types import RetrievalRequest
 
 
 @serve.deployment
 class RetrieverDeployment:
-    """``retrieve(request, encoded) -> (candidates, stage_ms)``.
+    """``retrieve(requests, encoded, query_rows) -> [(candidates, stage_ms)] per request``.
 
-    ``encoded`` is the encoder's output (or None): the ingress passes the encoder's response
-    straight in, so the query vector travels encoder -> retriever without a round trip through
-    the ingress.
+    Each call is one group of requests from the ingress. ``encoded`` is the encoder's answer
+    for the group's queries (or None when none has a query), passed straight in by the
+    ingress so query vectors travel encoder -> retriever without a round trip through it;
+    ``query_rows[i]`` is request i's row in it (-1: no query).
     """
 
     def __init__(self, config: AppConfig):
@@ -43,19 +43,27 @@ class RetrieverDeployment:
 
     @serve.batch
     async def retrieve(
-        self, requests: list[RetrievalRequest], encoded: list[EncodedQuery | None]
-    ) -> list[tuple[Candidates, dict[str, float]]]:
+        self,
+        groups: list[list[RetrievalRequest]],
+        encoded: list[EncodedGroup | None],
+        query_rows: list[list[int]],
+    ) -> list[list[Retrieved]]:
         started = time.perf_counter()
         if self.fault_delay_s:
             await asyncio.sleep(self.fault_delay_s)
-        for req, enc in zip(requests, encoded, strict=True):
-            if enc is not None:
-                req.query_vec = enc[0]
-        candidates = self.retriever.retrieve(requests)
+        encode_ms: list[dict[str, float]] = []
+        for requests, enc, rows in zip(groups, encoded, query_rows, strict=True):
+            for req, row in zip(requests, rows, strict=True):
+                if row >= 0:
+                    if enc is None:
+                        raise ValueError("a request has a query row but the group has no vectors")
+                    req.query_vec = enc[0][row]
+                encode_ms.append({"encode": enc[1]} if row >= 0 and enc is not None else {})
+        flat = [req for requests in groups for req in requests]
+        candidates = self.retriever.retrieve(flat)
         ms = (time.perf_counter() - started) * 1000.0
-        self.metrics.batch_size.observe(len(requests), tags={"stage": "retrieve"})
+        self.metrics.batch_size.observe(len(flat), tags={"stage": "retrieve"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "retrieve"})
-        return [
-            (c, {"retrieve": ms, **({"encode": enc[1]} if enc is not None else {})})
-            for c, enc in zip(candidates, encoded, strict=True)
-        ]
+        answers = [(c, {"retrieve": ms, **e}) for c, e in zip(candidates, encode_ms, strict=True)]
+        bounds = np.cumsum([0, *(len(requests) for requests in groups)])
+        return [answers[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

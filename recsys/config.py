@@ -294,6 +294,15 @@ class IngressConfig(StrictModel):
     """Larger request bodies are refused with 413."""
     max_query_chars: int = Field(1000, ge=1)
     """Longer queries are refused with 422."""
+    group_max_size: int = Field(1, ge=1, le=256)
+    """Concurrent requests sent down the stage chain together, as one call per stage
+    (``recsys.coalesce``; 1: every request on its own)."""
+    groups_in_flight: int = Field(256, ge=1)
+    """Groups in the chain at once per ingress replica; requests arriving while all are busy
+    queue and leave together as the next group, so groups grow with the load."""
+    group_queue_limit: int = Field(128, ge=0)
+    """Requests one ingress replica lets wait for a free group slot; past it, new requests are
+    answered 503 + Retry-After at once (load shedding instead of an unbounded queue)."""
     autoscaling: AutoscalingConfig = AutoscalingConfig(target_ongoing_requests=32)
 
 

@@ -157,8 +157,10 @@ def request_components(records: pd.DataFrame, timings: pd.DataFrame) -> pd.DataF
     * ``encode`` / ``retrieve`` / ``rank``: compute of the batch the request was in.
     * When the ingress chains the stages (timings ``chain_wall``): ``chain_wait`` =
       ``chain_wall - encode - retrieve - rank``: every hop ingress -> encoder -> retriever ->
-      ranker -> ingress with the batch waits and queues of the three stages; ``ingress_other``
-      = ``total - chain_wall``: the ingress's own work (prepare, response building).
+      ranker -> ingress with the batch waits and queues of the three stages; ``group_wait``:
+      time queued in the ingress for a group slot (``recsys.coalesce``), ``group_size`` the
+      size of the request's group; ``ingress_other`` = ``total - chain_wall - group_wait``:
+      the ingress's own work (prepare, response building).
     * When it awaits retrieval, then the ranker (``retrieval_wall``, ``rank_wall``):
       ``encode_retrieve_wait`` = ``retrieval_wall - encode - retrieve`` (hops ingress ->
       encoder -> retriever -> ingress, batch waits and queues of both stages), ``rank_wait`` =
@@ -189,7 +191,11 @@ def request_components(records: pd.DataFrame, timings: pd.DataFrame) -> pd.DataF
     encode, retrieve, rank = (col(n).fillna(0.0) for n in ("encode", "retrieve", "rank"))
     if "t_chain_wall" in t.columns:  # encode -> retrieve -> rank handed on as one chain
         out["chain_wait"] = col("chain_wall") - encode - retrieve - rank
-        out["ingress_other"] = out["server_total"] - col("chain_wall")
+        out["group_wait"] = col("group_wait")
+        out["group_size"] = col("group_size")
+        out["ingress_other"] = (
+            out["server_total"] - col("chain_wall") - col("group_wait").fillna(0.0)
+        )
     else:  # the ingress awaits retrieval, then the ranker
         out["encode_retrieve_wait"] = col("retrieval_wall") - encode - retrieve
         out["rank_wait"] = col("rank_wall") - col("rank")

@@ -111,6 +111,7 @@ STAGE_ORDER = (
     ("outside_server", "  outside the server (HTTP client, proxy/uvicorn, transport)"),
     ("server_total", "  server total (the answer's timings_ms.total)"),
     ("ingress_other", "    ingress own work"),
+    ("group_wait", "    arrival to group start (prepare + wait for a group slot)"),
     ("chain_wait", "    hops ingress->encoder->retriever->ranker->ingress, queues, batch waits"),
     ("encode_retrieve_wait", "    encode+retrieve hops, queues, batch waits"),
     ("encode", "    encode compute (batch)"),
@@ -120,6 +121,7 @@ STAGE_ORDER = (
     ("queue", "    queue + batch wait (arrival to batch start)"),
     ("compute", "    pipeline compute (encode + retrieve + rank)"),
     ("batch_size", "  batch size (encode/pipeline)"),
+    ("group_size", "  ingress group size (requests per stage call)"),
 )
 
 
@@ -316,6 +318,7 @@ def overhead_story(summary: Mapping[str, Any]) -> str:
             + m(b, "encode_retrieve_wait")
             + m(b, "rank_wait"),
             "ingress own work": m(b, "ingress_other"),
+            "wait for a group slot": m(b, "group_wait"),
             "stage compute (encode + retrieve + rank)": compute,
             "load generator lag": m(b, "send_lag"),
         }

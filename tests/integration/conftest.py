@@ -10,7 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.config import AppConfig, AutoscalingConfig, RoutingConfig, StageConfig
+from recsys.config import (
+    AppConfig,
+    AutoscalingConfig,
+    IngressConfig,
+    RoutingConfig,
+    StageConfig,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +40,12 @@ def small_stage(**overrides: object) -> StageConfig:
 
 
 def app_config(artifacts: Path, **overrides: object) -> AppConfig:
-    """Test app: generous deadline (CI machines are slow and shared) unless a test tightens it."""
+    """Test app: generous deadline (CI machines are slow and shared) unless a test tightens it;
+    the ingress coalesces concurrent requests as the local profile does."""
     data: dict[str, object] = {
         "artifacts": str(artifacts),
         "routing": RoutingConfig(deadline_ms=20_000),
+        "ingress": IngressConfig(group_max_size=8, groups_in_flight=2),
         "query_encoder": small_stage(),
         "retriever": small_stage(),
         "ranker": small_stage(),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -121,6 +123,48 @@ def test_variants_split_close_to_weights_and_follow_the_policy(app: ServeApp) ->
     assert all(seen[u] == policy.variant_for(u) for u in users)
     share = Counter(seen.values())["treatment"] / len(users)
     assert 0.3 <= share <= 0.5  # weight 0.4, 200 shoppers
+
+
+def test_concurrent_requests_share_groups_and_each_gets_its_own_answer(
+    app: ServeApp, items
+) -> None:
+    """A burst of mixed routes and variants goes down the chain in groups; every answer is
+    the one the same request gets on its own."""
+    calls: list[tuple[str, str, dict | None, dict | None]] = []
+    for i in range(8):
+        calls.append(("post", "/v1/search", {"query": items["title"].iloc[i * 5], "k": 5}, None))
+        calls.append(("post", "/v1/recommend", {"user_id": f"U{i * 3:07d}", "k": 5}, None))
+    for i in range(4):
+        user = f"U{i + 40:07d}"
+        calls.append(("post", "/v1/search", {"query": "garden", "user_id": user, "k": 5}, None))
+        calls.append(("get", f"/v1/items/{items.index[i + 11]}/similar", None, {"k": 5}))
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=app.base, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.request(method, path, json=body, params=params)
+                    for method, path, body, params in calls
+                )
+            )
+
+    together = asyncio.run(burst())
+    alone = [app.client.request(m, path, json=b, params=p) for m, path, b, p in calls]
+    policy = RoutingPolicy(ROUTING)
+    for (_, path, body, _), a, b in zip(calls, together, alone, strict=True):
+        assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+        ja, jb = a.json(), b.json()
+        assert ja["route"] == jb["route"] and not ja["degraded"]
+        assert a.headers["x-request-id"] == ja["request_id"] != jb["request_id"]
+        assert [i["item_id"] for i in ja["items"]] == [i["item_id"] for i in jb["items"]], path
+        assert [i["score"] for i in ja["items"]] == pytest.approx(
+            [i["score"] for i in jb["items"]], abs=1e-4
+        )
+        user = (body or {}).get("user_id")
+        assert ja["variant"] == policy.variant_for(user)
+    assert {r.json()["variant"] for r in together} == {"control", "treatment"}
+    assert max(r.json()["timings_ms"]["group_size"] for r in together) > 1
+    assert max(r.json()["timings_ms"]["group_size"] for r in alone) == 1
 
 
 BAD_INPUTS = [

@@ -49,12 +49,14 @@ def test_overloaded_stage_answers_503_with_retry_after(
     serve_instance: ServeApp, tiny_artifact: Path
 ) -> None:
     """The retriever handles one request at a time (200 ms each) and queues at most 2: a burst
-    of 24 gets fast 503s with Retry-After for the excess and 200s for the rest; none hangs."""
+    of 24, sent on one by one by the ingress (no coalescing), gets fast 503s with Retry-After
+    for the excess and 200s for the rest; none hangs."""
     config = app_config(
         tiny_artifact,
         retriever=small_stage(
             fault_delay_ms=200, max_batch_size=1, max_ongoing_requests=1, max_queued_requests=2
         ),
+        ingress=IngressConfig(group_max_size=1, groups_in_flight=256),
     )
     serve_instance.deploy(config)
     started = time.monotonic()
@@ -68,6 +70,36 @@ def test_overloaded_stage_answers_503_with_retry_after(
         if r.status_code == 503:
             assert r.headers["retry-after"] == "1"
             assert r.json()["error"] == "overloaded"
+    assert elapsed < 30
+
+
+def test_coalescing_ingress_sheds_past_its_queue_limit_with_retry_after(
+    serve_instance: ServeApp, tiny_artifact: Path
+) -> None:
+    """With coalescing, the stages see at most ``groups_in_flight`` calls, so the queue that
+    fills is the ingress's own: past ``group_queue_limit`` waiting requests, new ones get an
+    immediate 503 + Retry-After; the ones admitted are answered (in groups), none hangs."""
+    config = app_config(
+        tiny_artifact,
+        retriever=small_stage(fault_delay_ms=300),
+        ingress=IngressConfig(group_max_size=4, groups_in_flight=1, group_queue_limit=6),
+    )
+    serve_instance.deploy(config)
+    started = time.monotonic()
+    body = {"user_id": "U0000001", "k": 3}
+    responses = asyncio.run(burst(serve_instance.base, 24, body, path="/v1/recommend"))
+    elapsed = time.monotonic() - started
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 1 + 6, codes  # one in flight + six queued, at least
+    assert codes.count(503) >= 5, codes
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            body_503 = r.json()
+            assert body_503["error"] == "overloaded" and "ingress" in body_503["detail"]
+    sizes = [r.json()["timings_ms"]["group_size"] for r in responses if r.status_code == 200]
+    assert max(sizes) > 1
     assert elapsed < 30
 
 

@@ -1,0 +1,21 @@
+"""What travels between the stages per call: one ingress group of requests, compactly.
+
+Each stage call carries a whole group (``recsys.coalesce``), so answers are per group: the
+encoder's rows as one array, per-request lists from the retriever and the ranker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.types import Candidates
+
+EncodedGroup = tuple[np.ndarray, float]
+"""The encoder's answer to one call: the group's query vectors, float32 (m, d), rows in call
+order, and the encode time in ms."""
+
+Retrieved = tuple[Candidates, dict[str, float]]
+"""One request's retrieval answer: its candidates and the stage times so far (ms)."""
+
+Ranked = tuple[Candidates, np.ndarray, dict[str, float]]
+"""One request's ranked answer: the candidates, their scores and the stage times (ms)."""
