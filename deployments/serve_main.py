@@ -10,11 +10,22 @@ from pathlib import Path
 
 from recsys.config import AppConfig, BuildConfig
 
-# Serve's proxy must report ready within 5 s by default; a loaded 2-core machine can miss that
-# and the controller then restarts the proxy in a loop. Generous limits, unless already set.
-SLOW_MACHINE_SERVE_ENV = {
+# Serve settings of a local instance (the embedded default, the tests and the benchmark's Serve
+# host), each applied unless already set in the environment. Ray reads them at import time in
+# the controller, proxy and replicas, which inherit this process's environment.
+LOCAL_SERVE_ENV = {
+    # Serve's proxy must report ready within 5 s by default; a loaded 2-core machine can miss
+    # that and the controller then restarts the proxy in a loop. Generous limits.
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+    # Throughput-optimised Serve with HTTP still through the proxy on the configured port:
+    # gRPC between replicas, user code and router on each replica's event loop, buffered
+    # request-path logs, GC frozen after start-up. On 2 cores it cut Serve's CPU per request
+    # by a fifth (results/bench/report.md, variant `classic` is Serve's own defaults). Direct
+    # ingress (ingress replicas serving HTTP on ports of their own, 30000+) is faster still but
+    # needs a front end to find them, so it stays opt-in (bench variant `tput`).
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
 }
 
 
@@ -64,7 +75,7 @@ def serve_foreground(
         print(f"\n[recsys] {signal.Signals(signum).name}: shutting down...", flush=True)
         stop.set()
 
-    for name, value in SLOW_MACHINE_SERVE_ENV.items():
+    for name, value in LOCAL_SERVE_ENV.items():
         os.environ.setdefault(name, value)
     cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
     # address="local": always a new instance, never one found through /tmp/ray or RAY_ADDRESS

@@ -23,12 +23,17 @@ examples:
   python scripts/bench.py --variants tput,int8 --experiments none
 
 variants (each measured against its baseline in the same run; all but threads2 are Serve
-apps compared with `serve`, threads2 is compared with `inprocess`):
-  tput       RAY_SERVE_THROUGHPUT_OPTIMIZED=1     batch8     every stage batch 8 / 0 ms
-  tput_proxy tput, direct ingress off (proxy)
-  batch32    every stage batch 32 / 5 ms          int8       encoder int8 quantisation
-  nocache    query cache off                      dashboard  default Ray start (dashboard)
-  tput_int8  tput and int8 together               threads2   in-process pipeline, 2 threads
+apps compared with `serve`, threads2 is compared with `inprocess`). `serve` itself runs
+throughput-optimised Serve with HTTP through the proxy and ingress coalescing (2 groups of up
+to 16 in flight), stages batching 16 with no wait:
+  classic      Serve's own defaults (RAY_SERVE_THROUGHPUT_OPTIMIZED=0)
+  tput         direct ingress: the ingress replica serves HTTP itself (no proxy hop)
+  uncoalesced  the ingress sends each request down the chain on its own
+  inflight1 / inflight4    coalescing with 1 / 4 groups in flight
+  tput_uncoalesced / tput_inflight1 / tput_int8    the same on top of direct ingress
+  batch8       stages batch 8 / 0 ms             batch32    stages batch 32 / 5 ms
+  int8         encoder int8 quantisation         nocache    query cache off
+  dashboard    default Ray start (dashboard)     threads2   in-process, 2 threads
 experiments: raw_throughput, int8, cache, nprobe, candidates
 
 `python scripts/bench.py host --spec FILE` is the Ray host the benchmark starts for Serve
@@ -305,14 +310,14 @@ def host_main(argv: list[str]) -> int:
     """Start a Ray instance, deploy one app, write the ready file, serve until SIGTERM."""
     import threading
 
-    from deployments.serve_main import SLOW_MACHINE_SERVE_ENV
+    from deployments.serve_main import LOCAL_SERVE_ENV
     from recsys.bench.config import HostSpec
 
     p = argparse.ArgumentParser(prog="python scripts/bench.py host")
     p.add_argument("--spec", type=Path, required=True, help="HostSpec JSON")
     args = p.parse_args(argv)
     spec = HostSpec.model_validate_json(args.spec.read_text())
-    for name, value in SLOW_MACHINE_SERVE_ENV.items():
+    for name, value in LOCAL_SERVE_ENV.items():
         os.environ.setdefault(name, value)
 
     import ray

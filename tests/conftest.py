@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from deployments.serve_main import SLOW_MACHINE_SERVE_ENV
+from deployments.serve_main import LOCAL_SERVE_ENV
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # On a busy 2-core machine Serve's proxy can take longer than the default 5 s to report ready;
 # the controller would then kill and restart it in a loop. Give it time (Ray reads these in
 # the controller, which inherits this environment through the local raylet).
-for _name, _value in SLOW_MACHINE_SERVE_ENV.items():
+for _name, _value in LOCAL_SERVE_ENV.items():
     os.environ.setdefault(_name, _value)
 
 from recsys.config import BuildConfig, DataConfig, IndexConfig, RankerConfig  # noqa: E402

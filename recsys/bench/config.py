@@ -253,7 +253,8 @@ MAIN_SYSTEMS: dict[str, SystemSpec] = {
     "serve": SystemSpec(
         name="serve",
         kind="serve",
-        description="composed Serve app (build_app, local profile), lean Ray start",
+        description="composed Serve app (build_app, local profile), lean Ray start, "
+        "throughput-optimised Serve with HTTP through the proxy (deployments.serve_main)",
     ),
 }
 
@@ -269,22 +270,52 @@ def _stages(max_batch_size: int, wait_s: float) -> dict[str, Any]:
     return {"query_encoder": stage, "retriever": stage, "ranker": stage}
 
 
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    # direct ingress holds an ingress replica 30 s on shutdown for load balancers
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+}
+
 VARIANTS: dict[str, SystemSpec] = {
     "tput": _serve_variant(
         "tput",
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between replicas, direct ingress, ...)",
-        env={
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            # direct ingress holds an ingress replica 30 s on shutdown for load balancers
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
-        },
+        "throughput-optimised mode with direct ingress: the ingress replica serves HTTP on "
+        "its own port (no proxy hop)",
+        env=DIRECT_INGRESS_ENV,
     ),
-    "tput_proxy": _serve_variant(
-        "tput-proxy",
-        "throughput-optimised mode with direct ingress off: gRPC between replicas, user code "
-        "and router on the replica's event loop, buffered logs, frozen GC; HTTP still through "
-        "Serve's proxy on the configured port",
-        env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+    "classic": _serve_variant(
+        "classic",
+        "Serve's own defaults (RAY_SERVE_THROUGHPUT_OPTIMIZED=0): Ray actor calls between "
+        "replicas, user code and router on threads of their own, unbuffered logs",
+        env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+    ),
+    "uncoalesced": _serve_variant(
+        "uncoalesced",
+        "ingress sends every request down the chain on its own (no coalescing)",
+        app_overrides={"ingress": {"group_max_size": 1, "groups_in_flight": 256}},
+    ),
+    "tput_uncoalesced": _serve_variant(
+        "tput+uncoalesced",
+        "throughput-optimised mode, every request down the chain on its own",
+        env=DIRECT_INGRESS_ENV,
+        app_overrides={"ingress": {"group_max_size": 1, "groups_in_flight": 256}},
+    ),
+    "tput_inflight1": _serve_variant(
+        "tput+inflight1",
+        "throughput-optimised mode, coalescing with 1 group in flight",
+        env=DIRECT_INGRESS_ENV,
+        app_overrides={"ingress": {"groups_in_flight": 1}},
+    ),
+    "inflight1": _serve_variant(
+        "inflight1",
+        "ingress coalescing with 1 group in flight (no overlap between stages)",
+        app_overrides={"ingress": {"groups_in_flight": 1}},
+    ),
+    "inflight4": _serve_variant(
+        "inflight4",
+        "ingress coalescing with 4 groups in flight (smaller groups, more overlap)",
+        app_overrides={"ingress": {"groups_in_flight": 4}},
     ),
     "batch8": _serve_variant(
         "batch8", "every stage @serve.batch 8 / 0 ms", app_overrides=_stages(8, 0.0)
@@ -312,10 +343,7 @@ VARIANTS: dict[str, SystemSpec] = {
     "tput_int8": _serve_variant(
         "tput+int8",
         "throughput-optimised mode and int8 encoder together",
-        env={
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
-        },
+        env=DIRECT_INGRESS_ENV,
         app_overrides={"encoder": {"precision": "int8"}},
     ),
     "dashboard": _serve_variant(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -29,11 +30,26 @@ def app(serve_instance: ServeApp, tiny_artifact: Path) -> ServeApp:
     return serve_instance
 
 
+_HANDLE_LOOP: asyncio.AbstractEventLoop | None = None
+
+
 def gang_pids() -> list[int]:
+    """Asks the ranker replica through a handle living on one background event loop: in
+    throughput-optimised mode (deployments.serve_main.LOCAL_SERVE_ENV) a handle's router runs
+    on the caller's loop, so blocking ``.result()`` from plain sync code is not available, and
+    the handle stays bound to the loop it first ran on."""
     from ray import serve
 
-    handle = serve.get_deployment_handle("Ranker", app_name="recsys")
-    return handle.gang_pids.remote().result(timeout_s=30)
+    global _HANDLE_LOOP
+    if _HANDLE_LOOP is None:
+        _HANDLE_LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_HANDLE_LOOP.run_forever, daemon=True).start()
+
+    async def ask() -> list[int]:
+        handle = serve.get_deployment_handle("Ranker", app_name="recsys")
+        return await handle.gang_pids.remote()
+
+    return asyncio.run_coroutine_threadsafe(ask(), _HANDLE_LOOP).result(timeout=30)
 
 
 def test_tp2_search_runs_through_the_whole_dag(app: ServeApp) -> None:
