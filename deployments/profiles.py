@@ -70,6 +70,9 @@ def gpu_profile() -> AppConfig:
         ingress=IngressConfig(
             num_cpus=1,
             max_ongoing_requests=512,
+            # each request down the chain on its own (group_max_size 1): the stages' ongoing
+            # counts stay request counts, which is what their autoscaling targets mean
+            groups_in_flight=512,
             max_queued_requests=1024,
             autoscaling=AutoscalingConfig(
                 min_replicas=1, max_replicas=4, target_ongoing_requests=128

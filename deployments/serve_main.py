@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from recsys.config import AppConfig, BuildConfig
@@ -18,15 +19,42 @@ LOCAL_SERVE_ENV = {
     # that and the controller then restarts the proxy in a loop. Generous limits.
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
-    # Throughput-optimised Serve with HTTP still through the proxy on the configured port:
-    # gRPC between replicas, user code and router on each replica's event loop, buffered
-    # request-path logs, GC frozen after start-up. On 2 cores it cut Serve's CPU per request
-    # by a fifth (results/bench/report.md, variant `classic` is Serve's own defaults). Direct
-    # ingress (ingress replicas serving HTTP on ports of their own, 30000+) is faster still but
-    # needs a front end to find them, so it stays opt-in (bench variant `tput`).
+    # Throughput-optimised Serve: gRPC between replicas, user code and router on each
+    # replica's event loop, buffered request-path logs, GC frozen after start-up, and direct
+    # ingress: the ingress replica serves HTTP itself on a port of its own (30000 up, see
+    # direct_ingress_port) with no proxy hop, while Serve's proxy keeps serving the configured
+    # port. On 2 cores this was the largest win measured (results/bench/report.md; variants
+    # `proxy` and `classic` are the same app through the proxy and with Serve's defaults).
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    # a stopping ingress replica waits this long for load balancers to drop it (default 30 s;
+    # nothing balances in front of a local instance)
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
 }
+
+
+def direct_ingress_port(app_name: str, proxy_port: int, timeout_s: float = 60.0) -> int | None:
+    """The HTTP port of the app's ingress replica when direct ingress is on (None when off), from
+    the Serve controller's target groups (what Serve's own HAProxy mode reads; a private API
+    in Ray 2.60). Call it in the process that started Serve, once the app is running; the
+    proxy (on ``proxy_port``) is listed while no ingress replica runs, and skipped."""
+    import ray
+    from ray.serve._private import constants
+    from ray.serve.context import _get_global_client
+
+    if not constants.RAY_SERVE_ENABLE_DIRECT_INGRESS:
+        return None
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        groups = ray.get(controller.get_target_groups.remote(app_name=app_name))
+        for group in groups:
+            if str(group.protocol).upper().endswith("HTTP") and group.targets:
+                port = group.targets[0].port
+                if port != proxy_port:
+                    return int(port)
+        time.sleep(0.5)
+    raise RuntimeError(f"direct ingress is on but app {app_name!r} has no HTTP target")
 
 
 def ensure_local_artifacts(uri: str) -> None:
@@ -86,10 +114,18 @@ def serve_foreground(
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(config), name="recsys", route_prefix="/", blocking=False)
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        base = f"http://{shown}:{port}"
+        direct_port = direct_ingress_port("recsys", port)
+        direct = f"http://{shown}:{direct_port}" if direct_port else None
         print(
             f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs)\n"
-            f"[recsys] try:\n"
+            + (
+                f"[recsys] the same API without the proxy hop (direct ingress, fastest): {direct}\n"
+                if direct
+                else ""
+            )
+            + f"[recsys] try:\n"
             f"  curl -s {base}/v1/search -H 'content-type: application/json' "
             f'-d \'{{"query": "waterproof hiking boots", "k": 5}}\'\n'
             f"  curl -s {base}/v1/recommend -H 'content-type: application/json' "

@@ -20,20 +20,18 @@ examples:
   python scripts/bench.py --quick                       # 4 systems, reduced sweep, < 10 min
   python scripts/bench.py                               # full sweep, variants, experiments
   python scripts/bench.py --systems inprocess,naive --quick --json
-  python scripts/bench.py --variants tput,int8 --experiments none
+  python scripts/bench.py --variants proxy,classic,uncoalesced --experiments none
 
 variants (each measured against its baseline in the same run; all but threads2 are Serve
-apps compared with `serve`, threads2 is compared with `inprocess`). `serve` itself runs
-throughput-optimised Serve with HTTP through the proxy and ingress coalescing (2 groups of up
-to 16 in flight), stages batching 16 with no wait:
-  classic      Serve's own defaults (RAY_SERVE_THROUGHPUT_OPTIMIZED=0)
-  tput         direct ingress: the ingress replica serves HTTP itself (no proxy hop)
-  uncoalesced  the ingress sends each request down the chain on its own
-  inflight1 / inflight4    coalescing with 1 / 4 groups in flight
-  tput_uncoalesced / tput_inflight1 / tput_int8    the same on top of direct ingress
-  batch8       stages batch 8 / 0 ms             batch32    stages batch 32 / 5 ms
-  int8         encoder int8 quantisation         nocache    query cache off
-  dashboard    default Ray start (dashboard)     threads2   in-process, 2 threads
+apps compared with `serve`, threads2 is compared with `inprocess`). `serve` itself is the local
+default (deployments.serve_main.LOCAL_SERVE_ENV, local profile): throughput-optimised Serve
+with direct ingress, ingress coalescing (2 groups of up to 16 in flight), stages batching 16
+with no wait. The monolith runs under the same Serve settings.
+  proxy        HTTP through Serve's proxy         classic    Serve's defaults, proxy
+  uncoalesced  each request down the chain alone  inflight1 / inflight4  groups in flight
+  batch8       stages batch 8 / 0 ms              batch32    stages batch 32 / 5 ms
+  int8         encoder int8 quantisation          nocache    query cache off
+  dashboard    default Ray start (dashboard)      threads2   in-process, 2 threads
 experiments: raw_throughput, int8, cache, nprobe, candidates
 
 `python scripts/bench.py host --spec FILE` is the Ray host the benchmark starts for Serve
@@ -286,31 +284,11 @@ def main(argv: list[str] | None = None) -> int:
 # ---- the Ray host -------------------------------------------------------------------------------
 
 
-def direct_ingress_url(app_name: str, timeout_s: float = 60.0) -> str | None:
-    """With direct ingress on, the URL of the app's ingress replica (None when off)."""
-    import ray
-    from ray.serve._private import constants
-    from ray.serve.context import _get_global_client
-
-    if not constants.RAY_SERVE_ENABLE_DIRECT_INGRESS:
-        return None
-    controller = _get_global_client()._controller
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        groups = ray.get(controller.get_target_groups.remote(app_name=app_name))
-        for group in groups:
-            if str(group.protocol).upper().endswith("HTTP") and group.targets:
-                target = group.targets[0]
-                return f"http://127.0.0.1:{target.port}"
-        time.sleep(1.0)
-    raise RuntimeError("direct ingress is on but the app has no HTTP target")
-
-
 def host_main(argv: list[str]) -> int:
     """Start a Ray instance, deploy one app, write the ready file, serve until SIGTERM."""
     import threading
 
-    from deployments.serve_main import LOCAL_SERVE_ENV
+    from deployments.serve_main import LOCAL_SERVE_ENV, direct_ingress_port
     from recsys.bench.config import HostSpec
 
     p = argparse.ArgumentParser(prog="python scripts/bench.py host")
@@ -351,7 +329,8 @@ def host_main(argv: list[str]) -> int:
                 )
             )
         serve.run(application, name="recsys", route_prefix="/", blocking=False)
-        direct = direct_ingress_url("recsys")
+        direct_port = direct_ingress_port("recsys", spec.port)
+        direct = f"http://127.0.0.1:{direct_port}" if direct_port else None
         from ray.serve._private import constants
 
         info = {

@@ -104,11 +104,13 @@ def passes(summary: Mapping[str, Any], slo: SloConfig) -> bool:
 def sustained_rate(points: pd.DataFrame) -> float:
     """The highest rate that passes with every lower rate passing (0.0 if the lowest fails).
 
-    ``points`` has columns ``rate`` and ``passes``; repeated rates must all pass.
+    ``points`` has columns ``rate`` and ``passes``, in measurement order; a rate measured more
+    than once (the sweep re-measures a failure contradicted by a higher passing rate) counts
+    by its last measurement.
     """
     if points.empty:
         return 0.0
-    verdict = points.groupby("rate")["passes"].all().sort_index()
+    verdict = points.groupby("rate", sort=True)["passes"].last()
     best = 0.0
     for rate, ok in verdict.items():
         if not ok:

@@ -89,7 +89,7 @@ class SystemSpec(StrictModel):
     """One system (or variant) to measure."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_:+.-]{0,47}$")
-    """Name in tables and file names (``serve``, ``serve:tput`` ...)."""
+    """Name in tables and file names (``serve``, ``serve:proxy`` ...)."""
     kind: SystemKind
     """How it serves."""
     description: str = ""
@@ -254,7 +254,7 @@ MAIN_SYSTEMS: dict[str, SystemSpec] = {
         name="serve",
         kind="serve",
         description="composed Serve app (build_app, local profile), lean Ray start, "
-        "throughput-optimised Serve with HTTP through the proxy (deployments.serve_main)",
+        "throughput-optimised Serve with direct ingress (deployments.serve_main)",
     ),
 }
 
@@ -270,42 +270,25 @@ def _stages(max_batch_size: int, wait_s: float) -> dict[str, Any]:
     return {"query_encoder": stage, "retriever": stage, "ranker": stage}
 
 
-DIRECT_INGRESS_ENV = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-    # direct ingress holds an ingress replica 30 s on shutdown for load balancers
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
-}
+PROXY_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 
 VARIANTS: dict[str, SystemSpec] = {
-    "tput": _serve_variant(
-        "tput",
-        "throughput-optimised mode with direct ingress: the ingress replica serves HTTP on "
-        "its own port (no proxy hop)",
-        env=DIRECT_INGRESS_ENV,
+    "proxy": _serve_variant(
+        "proxy",
+        "HTTP through Serve's proxy (direct ingress off), otherwise the same throughput-"
+        "optimised Serve: one more process and hop per request",
+        env=PROXY_ENV,
     ),
     "classic": _serve_variant(
         "classic",
-        "Serve's own defaults (RAY_SERVE_THROUGHPUT_OPTIMIZED=0): Ray actor calls between "
-        "replicas, user code and router on threads of their own, unbuffered logs",
-        env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+        "Serve's own defaults (RAY_SERVE_THROUGHPUT_OPTIMIZED=0): HTTP through the proxy, Ray "
+        "actor calls between replicas, user code and router on threads of their own",
+        env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", **PROXY_ENV},
     ),
     "uncoalesced": _serve_variant(
         "uncoalesced",
         "ingress sends every request down the chain on its own (no coalescing)",
         app_overrides={"ingress": {"group_max_size": 1, "groups_in_flight": 256}},
-    ),
-    "tput_uncoalesced": _serve_variant(
-        "tput+uncoalesced",
-        "throughput-optimised mode, every request down the chain on its own",
-        env=DIRECT_INGRESS_ENV,
-        app_overrides={"ingress": {"group_max_size": 1, "groups_in_flight": 256}},
-    ),
-    "tput_inflight1": _serve_variant(
-        "tput+inflight1",
-        "throughput-optimised mode, coalescing with 1 group in flight",
-        env=DIRECT_INGRESS_ENV,
-        app_overrides={"ingress": {"groups_in_flight": 1}},
     ),
     "inflight1": _serve_variant(
         "inflight1",
@@ -339,12 +322,6 @@ VARIANTS: dict[str, SystemSpec] = {
         baseline="inprocess",
         description="in-process pipeline with 2 torch / FAISS threads (all cores)",
         torch_threads=2,
-    ),
-    "tput_int8": _serve_variant(
-        "tput+int8",
-        "throughput-optimised mode and int8 encoder together",
-        env=DIRECT_INGRESS_ENV,
-        app_overrides={"encoder": {"precision": "int8"}},
     ),
     "dashboard": _serve_variant(
         "dashboard", "default Ray start (dashboard and its agents on)", include_dashboard=True

@@ -4,8 +4,9 @@ Every rate gets the same schedule for every system (``build_schedule`` with the 
 constant Poisson shape at that rate, the same duration and mix). The sweep climbs the coarse
 grid until the system clearly saturates (``max_failures`` failing rates in a row, or one
 whose p99 exceeds ``stop_p99_factor`` x SLO or whose good share is under 90%), then bisects
-(geometric midpoints) between its sustained rate and the next failing one. Rates named in
-``fixed_rates`` are always measured, so every system reports p50/p99 there.
+(geometric midpoints) between its sustained rate and the next failing one. A failing rate
+below a passing one is measured once more first (the later measurement decides). Rates named
+in ``fixed_rates`` are always measured, so every system reports p50/p99 there.
 """
 
 from __future__ import annotations
@@ -126,6 +127,19 @@ def run_sweep(
             first_fail = rate if first_fail is None else first_fail
             if saturated(result.summary, slo, sweep.stop_p99_factor):
                 failures = sweep.max_failures
+    # A failure below a passing rate is contradicted by it: on a shared 2-core machine one
+    # 5 s point can fail from a stall that has nothing to do with the rate. Measure each such
+    # rate once more; its last measurement is its verdict (``analysis.sustained_rate``).
+    verdict = {r.summary["rate"]: bool(r.summary["passes"]) for r in results}
+    for rate in sorted(verdict):
+        if not verdict[rate] and any(ok and r > rate for r, ok in verdict.items()):
+            verdict[rate] = bool(measure(rate).summary["passes"])
+    last_pass, first_fail = None, None
+    for rate in sorted(verdict):
+        if not verdict[rate]:
+            first_fail = rate
+            break
+        last_pass = rate
     if first_fail is not None:
         lo, hi = (last_pass or 0.0), first_fail
         for step in range(sweep.refine_steps, 0, -1):

@@ -78,7 +78,7 @@ def synthetic_result() -> BenchResult:
     config = BenchConfig(
         artifacts="artifacts/demo",
         app=AppConfig(),
-        systems=[*MAIN_SYSTEMS.values(), VARIANTS["tput"]],
+        systems=[*MAIN_SYSTEMS.values(), VARIANTS["proxy"]],
         sweep=quick_sweep(),
         fixed_rates=[10, 20, 40],
         low_load_rate=10,
@@ -89,7 +89,7 @@ def synthetic_result() -> BenchResult:
         synthetic_system("naive", 20, 20.0),
         synthetic_system("monolith", 40, 18.0),
         synthetic_system("serve", 40, 30.0),
-        synthetic_system("serve:tput", 80, 25.0),
+        synthetic_system("serve:proxy", 80, 25.0),
     ]
     env = {
         "cpus": 2,

@@ -58,6 +58,7 @@ class ServeApp:
     """A running Serve app and an HTTP client for it."""
 
     def __init__(self, port: int, metrics_port: int):
+        self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.client = httpx.Client(base_url=self.base, timeout=60)

@@ -167,6 +167,33 @@ def test_concurrent_requests_share_groups_and_each_gets_its_own_answer(
     assert max(r.json()["timings_ms"]["group_size"] for r in alone) == 1
 
 
+def test_direct_ingress_port_serves_the_same_api(app: ServeApp, items) -> None:
+    """The local default serves HTTP from the ingress replica itself (direct ingress) besides
+    Serve's proxy: same answers, same request ids, same 4xx errors, no proxy hop."""
+    from deployments.serve_main import direct_ingress_port
+
+    port = direct_ingress_port("recsys", app.port)
+    assert port is not None and port != app.port
+    query = items["title"].iloc[2]
+    via_proxy = app.search(query=query, k=4).json()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as direct:
+        r = direct.post(
+            "/v1/search", json={"query": query, "k": 4}, headers={"X-Request-ID": "d-1"}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        check_ranked(body, "search", 4)
+        assert body["request_id"] == r.headers["x-request-id"] == "d-1"
+        assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in via_proxy["items"]]
+        bad = direct.post(
+            "/v1/search", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
+        unknown = direct.post("/v1/recommend", json={"user_id": "U9999999"})
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_user"
+        assert direct.get("/healthz").json()["status"] == "ok"
+
+
 BAD_INPUTS = [
     ("malformed json", "post", "/v1/search", {"content": b"{not json"}, 400, "malformed_json"),
     ("non utf-8", "post", "/v1/search", {"content": b'{"query": "\xff\xfe"}'}, 400, "bad_request"),

@@ -98,7 +98,8 @@ def points(pairs: list[tuple[float, bool]]) -> pd.DataFrame:
         ([(10, True), (20, True), (40, False), (30, True)], 30.0),  # refinement out of order
         ([(10, True), (20, False), (40, True)], 10.0),  # a lucky pass above a failure
         ([(10, False), (20, True)], 0.0),
-        ([(10, True), (20, True), (20, False)], 10.0),  # a repeated rate must always pass
+        ([(10, True), (20, True), (20, False)], 10.0),  # the last measurement decides
+        ([(10, True), (20, False), (40, True), (20, True)], 40.0),  # a stall, re-measured
         ([], 0.0),
     ],
 )

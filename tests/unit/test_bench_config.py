@@ -23,8 +23,8 @@ from recsys.config import AppConfig
 
 
 def test_variants_pull_in_their_baseline_and_keep_main_order() -> None:
-    names = [s.name for s in select_systems(["naive", "inprocess"], ["int8", "tput"])]
-    assert names == ["inprocess", "naive", "serve", "serve:int8", "serve:tput"]
+    names = [s.name for s in select_systems(["naive", "inprocess"], ["int8", "proxy"])]
+    assert names == ["inprocess", "naive", "serve", "serve:int8", "serve:proxy"]
     with pytest.raises(ValueError, match="unknown systems"):
         select_systems(["bogus"], [])
     with pytest.raises(ValueError, match="unknown variants"):
@@ -56,14 +56,20 @@ def test_bench_config_checks_names_and_baselines() -> None:
             sweep=quick_sweep(),
         )
     with pytest.raises(ValidationError, match="baseline"):
-        BenchConfig(artifacts="a", app=app, systems=[VARIANTS["tput"]], sweep=quick_sweep())
+        BenchConfig(artifacts="a", app=app, systems=[VARIANTS["proxy"]], sweep=quick_sweep())
     with pytest.raises(ValidationError, match="ascending"):
         SweepConfig(rates=[20, 10], duration_s=1)
 
 
-def test_tput_variant_sets_the_env_of_the_ray_instance() -> None:
-    spec = VARIANTS["tput"]
-    assert spec.env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and spec.is_ray
+def test_transport_variants_set_the_env_of_the_ray_instance() -> None:
+    from deployments.serve_main import LOCAL_SERVE_ENV
+
+    # the default (serve) is throughput-optimised with direct ingress; the variants undo parts
+    assert LOCAL_SERVE_ENV["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert LOCAL_SERVE_ENV["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert VARIANTS["proxy"].env == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    classic = VARIANTS["classic"]
+    assert classic.env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0" and classic.is_ray
     assert not MAIN_SYSTEMS["naive"].is_ray
 
 

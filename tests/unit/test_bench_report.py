@@ -39,7 +39,7 @@ def test_summary_ratios_and_verdict(result: BenchResult) -> None:
     stages = s["systems"]["serve"]["stages_low"]["search"]
     assert stages["chain_wait"]["mean"] == pytest.approx(30 - 6 - 12)
     opt = s["optimisations"][0]
-    assert opt["variant"] == "serve:tput" and opt["sustained_rps"] == [40.0, 80.0]
+    assert opt["variant"] == "serve:proxy" and opt["sustained_rps"] == [40.0, 80.0]
     json.dumps(s, allow_nan=False)  # strictly valid JSON
 
 
@@ -57,7 +57,7 @@ def test_report_renders_every_section(result: BenchResult) -> None:
         "## Definitions and method",
     ):
         assert heading in md
-    assert "serve:tput" in md and "Hand-written analysis." in md
+    assert "serve:proxy" in md and "Hand-written analysis." in md
     rows = headline(s)
     assert [r["system"] for r in rows] == ["inprocess", "naive", "monolith", "serve"]
     assert rows[1]["serve / this"] == "2.00"
@@ -72,7 +72,7 @@ def test_write_outputs_writes_report_json_parquet_and_plots(
         "summary.json",
         "points.parquet",
         "records_serve.parquet",
-        "records_serve_tput.parquet",
+        "records_serve_proxy.parquet",
         "latency_vs_rate.png",
         "variants_latency_vs_rate.png",
     ):
@@ -95,7 +95,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_help_explains_systems_and_variants() -> None:
     out = run_cli("--help")
     assert out.returncode == 0
-    for word in ("inprocess", "naive", "monolith", "serve", "--quick", "--json", "tput"):
+    for word in (
+        "inprocess",
+        "naive",
+        "monolith",
+        "serve",
+        "--quick",
+        "--json",
+        "proxy",
+        "classic",
+    ):
         assert word in out.stdout
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.bench.analysis import sustained_rate
 from recsys.bench.batcher import InProcessServer
 from recsys.bench.config import BatchConfig, SloConfig, SweepConfig
 from recsys.bench.requests import BenchRequest
@@ -90,6 +91,38 @@ def test_sweep_always_measures_the_fixed_rates() -> None:
     sweep = SweepConfig(rates=[10, 20, 40], duration_s=1.0, refine_steps=0, max_failures=1)
     run_sweep(target, lambda r: schedule(r), sweep, SloConfig(), fixed_rates=[30], progress=False)
     assert target.rates == [10, 30]
+
+
+class StallingTarget(CapacityTarget):
+    """Fails the first measurement of ``stall_rate`` (a one-off stall), then behaves."""
+
+    def __init__(self, capacity: float, stall_rate: float):
+        super().__init__(capacity)
+        self.stall_rate = stall_rate
+
+    def run(self, sched: pd.DataFrame, traffic: TrafficConfig, progress: bool) -> PointRun:
+        run = super().run(sched, traffic, progress)
+        if traffic.shape.rate == self.stall_rate and self.rates.count(self.stall_rate) == 1:  # type: ignore[union-attr]
+            run.records["latency_ms"] = 150.0  # over the SLO, not saturated
+        return run
+
+
+def test_a_failure_below_a_passing_rate_is_measured_again() -> None:
+    target = StallingTarget(capacity=70, stall_rate=20)
+    sweep = SweepConfig(rates=[10, 20, 40, 80], duration_s=1.0, refine_steps=1, max_failures=2)
+    results = run_sweep(target, lambda r: schedule(r), sweep, SloConfig(), progress=False)
+    # 20 stalls, 40 passes, 80 saturates; 20 is measured again (passes); then 40..80 refined
+    assert target.rates == [10, 20, 40, 80, 20, 57]
+    frame = pd.DataFrame([r.summary for r in results])
+    assert sustained_rate(frame) == 57
+
+
+def test_a_real_failure_stays_a_failure() -> None:
+    target = CapacityTarget(capacity=15)
+    sweep = SweepConfig(rates=[10, 20, 40], duration_s=1.0, refine_steps=0, max_failures=2)
+    results = run_sweep(target, lambda r: schedule(r), sweep, SloConfig(), progress=False)
+    assert target.rates == [10, 20]  # 20 saturates (p99 500 ms): nothing passes above it
+    assert sustained_rate(pd.DataFrame([r.summary for r in results])) == 10
 
 
 @pytest.mark.parametrize(
