@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from recsys.config import AppConfig, BuildConfig
@@ -33,16 +34,25 @@ LOCAL_SERVE_ENV = {
 }
 
 
+def direct_ingress_enabled(env: Mapping[str, str]) -> bool:
+    """Whether a Ray instance started with ``env`` serves HTTP from its ingress replicas (Ray
+    2.60's rule: on with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, and by default in
+    throughput-optimised mode). Read from the environment, not from Serve's constants, which a
+    process fixes when it first imports Ray."""
+    truthy = ("1", "true", "True")
+    default = "1" if env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0") in truthy else "0"
+    return env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS", default) in truthy
+
+
 def direct_ingress_port(app_name: str, proxy_port: int, timeout_s: float = 60.0) -> int | None:
     """The HTTP port of the app's ingress replica when direct ingress is on (None when off), from
     the Serve controller's target groups (what Serve's own HAProxy mode reads; a private API
     in Ray 2.60). Call it in the process that started Serve, once the app is running; the
     proxy (on ``proxy_port``) is listed while no ingress replica runs, and skipped."""
     import ray
-    from ray.serve._private import constants
     from ray.serve.context import _get_global_client
 
-    if not constants.RAY_SERVE_ENABLE_DIRECT_INGRESS:
+    if not direct_ingress_enabled(os.environ):
         return None
     controller = _get_global_client()._controller
     deadline = time.monotonic() + timeout_s
@@ -92,6 +102,9 @@ def serve_foreground(
     config = load_app_config(config_path, artifacts, tp)
     ensure_local_artifacts(config.artifacts)
 
+    for name, value in LOCAL_SERVE_ENV.items():  # before Ray is imported: it reads them once
+        os.environ.setdefault(name, value)
+
     import ray
     from ray import serve
 
@@ -103,8 +116,6 @@ def serve_foreground(
         print(f"\n[recsys] {signal.Signals(signum).name}: shutting down...", flush=True)
         stop.set()
 
-    for name, value in LOCAL_SERVE_ENV.items():
-        os.environ.setdefault(name, value)
     cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
     # address="local": always a new instance, never one found through /tmp/ray or RAY_ADDRESS
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False)

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Low-load latency per endpoint of the composed Serve app on this machine.
 
-Starts a local Ray instance with the app (the ``local`` profile, or --config), sends requests
-one at a time with a pause between them (no queueing: what one shopper sees), and reports
-p50/p90/p99 per endpoint plus the server-side stage timings. Writes raw rows to parquet and a
+Starts a local Ray instance with the app (the ``local`` profile, or --config) and the local
+default's Serve settings, sends requests one at a time with a pause between them (no
+queueing: what one shopper sees), alternating rounds between the ingress replica's own port
+(direct ingress) and Serve's proxy, and reports p50/p90/p99 per endpoint and port plus the
+server-side stage timings. Writes raw rows to parquet and a
 markdown report; prints the table.
 
     python scripts/latency.py --artifacts artifacts/demo --requests 300 --out results/latency
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -30,7 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--config", type=Path, default=None, help="AppConfig YAML (default: the local profile)"
     )
-    p.add_argument("--requests", type=int, default=300, help="requests per endpoint")
+    p.add_argument(
+        "--requests", type=int, default=300, help="requests per endpoint (split over the ports)"
+    )
     p.add_argument("--pause-ms", type=float, default=20.0, help="pause between requests")
     p.add_argument("--port", type=int, default=8123)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "latency")
@@ -66,6 +71,11 @@ def request_plan(artifacts: Path, n: int, seed: int) -> list[tuple[str, str, dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from deployments.serve_main import LOCAL_SERVE_ENV, direct_ingress_port
+
+    for name, value in LOCAL_SERVE_ENV.items():  # the local default's Serve settings, set
+        os.environ.setdefault(name, value)  # before Ray is imported (it reads them once)
+
     import httpx
     import numpy as np
     import pandas as pd
@@ -86,10 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(build_app(config), name="recsys", route_prefix="/", blocking=False)
-        with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=30) as client:
-            for _ in range(20):  # warm up every path
-                client.post("/v1/search", json={"query": "warm up", "k": 10})
-            for name, path, body in tqdm(plan, desc="requests", unit="req"):
+        ports = {"proxy": args.port}
+        direct = direct_ingress_port("recsys", args.port)
+        if direct is not None:
+            ports = {"direct": direct, **ports}
+        clients = {
+            via: httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+            for via, port in ports.items()
+        }
+        try:
+            for client in clients.values():
+                for _ in range(20):  # warm up every path
+                    client.post("/v1/search", json={"query": "warm up", "k": 10})
+            vias = list(clients)
+            # the plan repeats (search, personal, recommend, similar); rounds alternate between
+            # the ports, so both see the same mix and the same query-cache warmth
+            for i, (name, path, body) in enumerate(tqdm(plan, desc="requests", unit="req")):
+                via = vias[(i // 4) % len(vias)]
+                client = clients[via]
                 started = time.perf_counter()
                 r = client.post(path, json=body) if body else client.get(path)
                 ms = (time.perf_counter() - started) * 1000
@@ -97,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     {
                         "endpoint": name,
+                        "via": via,
                         "status": r.status_code,
                         "latency_ms": ms,
                         "degraded": payload.get("degraded"),
@@ -104,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 time.sleep(args.pause_ms / 1000)
+        finally:
+            for client in clients.values():
+                client.close()
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -112,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out / "latency.parquet")
     table = []
-    for name, g in frame.groupby("endpoint", sort=False):
+    for (via, name), g in frame.groupby(["via", "endpoint"], sort=False):
         ok = g[g["status"] == 200]
         p50, p90, p99 = np.percentile(ok["latency_ms"], [50, 90, 99])
         table.append(
             {
+                "via": via,
                 "endpoint": name,
                 "requests": len(g),
                 "ok": len(ok),
@@ -131,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = (
         "# Low-load latency per endpoint\n\n"
-        f"One request at a time ({args.pause_ms:g} ms pause), {args.requests} per endpoint, "
+        f"One request at a time ({args.pause_ms:g} ms pause), {args.requests} per endpoint "
+        "(rounds alternating between the two ports), "
         f"the `local` profile on a local Ray instance, artifact `{args.artifacts}`, on this "
-        "2-core CPU machine. Client-side wall time over loopback HTTP; `server_total` is the "
-        "ingress's own measurement.\n\n"
+        "2-core CPU machine, with the local default's Serve settings "
+        "(`deployments.serve_main.LOCAL_SERVE_ENV`). Client-side wall time over loopback HTTP, "
+        "`via` `direct`: the ingress replica's own port (direct ingress), `proxy`: Serve's "
+        "proxy port; `server_total` is the ingress's own measurement.\n\n"
         + markdown_table(table)
         + f"\n\nReproduce: `{command.strip()}`\n"
     )

@@ -46,3 +46,19 @@ def test_config_parses_as_serve_schema_with_typed_args(profile: str) -> None:
         assert stages["Ranker"].placement_group_strategy == "STRICT_PACK"
     else:
         assert all(not d.ray_actor_options.num_gpus for d in app.deployments)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, False),
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, True),  # on by default in that mode
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}, False),
+        ({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}, True),
+    ],
+)
+def test_direct_ingress_follows_rays_rule(env: dict[str, str], expected: bool) -> None:
+    from deployments.serve_main import LOCAL_SERVE_ENV, direct_ingress_enabled
+
+    assert direct_ingress_enabled(env) is expected
+    assert direct_ingress_enabled(LOCAL_SERVE_ENV)  # the local default serves it
