@@ -34,6 +34,13 @@ LOCAL_SERVE_ENV = {
 }
 
 
+def apply_local_serve_env() -> None:
+    """Put :data:`LOCAL_SERVE_ENV` into this process's environment (values already set win).
+    Call it before Ray is imported: Serve reads these once, at import, in every process."""
+    for name, value in LOCAL_SERVE_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def direct_ingress_enabled(env: Mapping[str, str]) -> bool:
     """Whether a Ray instance started with ``env`` serves HTTP from its ingress replicas (Ray
     2.60's rule: on with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, and by default in
@@ -102,8 +109,7 @@ def serve_foreground(
     config = load_app_config(config_path, artifacts, tp)
     ensure_local_artifacts(config.artifacts)
 
-    for name, value in LOCAL_SERVE_ENV.items():  # before Ray is imported: it reads them once
-        os.environ.setdefault(name, value)
+    apply_local_serve_env()  # before Ray is imported
 
     import ray
     from ray import serve

@@ -288,15 +288,14 @@ def host_main(argv: list[str]) -> int:
     """Start a Ray instance, deploy one app, write the ready file, serve until SIGTERM."""
     import threading
 
-    from deployments.serve_main import LOCAL_SERVE_ENV, direct_ingress_port
+    from deployments.serve_main import apply_local_serve_env, direct_ingress_port
     from recsys.bench.config import HostSpec
 
     p = argparse.ArgumentParser(prog="python scripts/bench.py host")
     p.add_argument("--spec", type=Path, required=True, help="HostSpec JSON")
     args = p.parse_args(argv)
     spec = HostSpec.model_validate_json(args.spec.read_text())
-    for name, value in LOCAL_SERVE_ENV.items():
-        os.environ.setdefault(name, value)
+    apply_local_serve_env()  # a variant's env (set by the harness) wins over the default
 
     import ray
     from ray import serve

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -71,10 +70,9 @@ def request_plan(artifacts: Path, n: int, seed: int) -> list[tuple[str, str, dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from deployments.serve_main import LOCAL_SERVE_ENV, direct_ingress_port
+    from deployments.serve_main import apply_local_serve_env, direct_ingress_port
 
-    for name, value in LOCAL_SERVE_ENV.items():  # the local default's Serve settings, set
-        os.environ.setdefault(name, value)  # before Ray is imported (it reads them once)
+    apply_local_serve_env()  # the local default's Serve settings, before Ray is imported
 
     import httpx
     import numpy as np

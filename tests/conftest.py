@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from deployments.serve_main import LOCAL_SERVE_ENV
+from deployments.serve_main import apply_local_serve_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# On a busy 2-core machine Serve's proxy can take longer than the default 5 s to report ready;
-# the controller would then kill and restart it in a loop. Give it time (Ray reads these in
-# the controller, which inherits this environment through the local raylet).
-for _name, _value in LOCAL_SERVE_ENV.items():
-    os.environ.setdefault(_name, _value)
+# The tests' Ray instances run with the local default's Serve settings (slow-machine proxy
+# timeouts, throughput-optimised mode, direct ingress); Ray reads them in the controller and
+# replicas, which inherit this environment through the local raylet.
+apply_local_serve_env()
 
 from recsys.config import BuildConfig, DataConfig, IndexConfig, RankerConfig  # noqa: E402
 
