@@ -353,11 +353,13 @@ class Ingress:
         stage; requests whose ranked answer is late (or whose ranker is overloaded or failing)
         are answered in retrieval order.
 
-        Each stage's response is handed to the next stage directly, so query vectors and
-        candidates never travel through the ingress on the happy path. Only when a ranked
-        answer misses its share of the deadline does the ingress fetch the retrieved
-        candidates and answer in their order. The group keeps the earliest deadline of its
-        requests.
+        Each stage's response is handed to the next call as an argument, so this code never
+        awaits the intermediate results on the happy path; Serve resolves them: by reference
+        with its default transport (the value goes stage to stage through Ray's object
+        store), by value in the ingress's router with the gRPC transport of throughput-
+        optimised mode (the local default). Only when a ranked answer misses its share of
+        the deadline does the ingress await the retrieved candidates itself and answer in
+        their order. The group keeps the earliest deadline of its requests.
         """
         waited = [d.elapsed_ms() for _, d in group]  # queued for a group slot until now
         preps = [prep for prep, _ in group]

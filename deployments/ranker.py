@@ -21,9 +21,8 @@ class RankerDeployment:
     """``rank(queries, retrieved, picks) -> [(candidates, scores, stage_ms)]``, batched.
 
     Each call is one group of requests from the ingress. ``retrieved`` is the retriever's
-    answer for the group: the ingress passes the retriever's response straight in, so
-    candidates go retriever -> ranker without a round trip through the ingress; they come back
-    with the scores for the final top-k.
+    answer for the group, which the ingress passes in as a response (Serve resolves it, see
+    ``Ingress._run_group``); candidates come back with the scores for the final top-k.
 
     With ``topology.tp > 1`` the replica is rank 0 of a gang whose other ranks are Ray actors
     in the replica's placement group (see ``deployments.gang``).

@@ -21,8 +21,8 @@ class RetrieverDeployment:
     """``retrieve(requests, encoded, query_rows) -> [(candidates, stage_ms)] per request``.
 
     Each call is one group of requests from the ingress. ``encoded`` is the encoder's answer
-    for the group's queries (or None when none has a query), passed straight in by the
-    ingress so query vectors travel encoder -> retriever without a round trip through it;
+    for the group's queries (or None when none has a query), passed in by the ingress as a
+    response (Serve resolves it, see ``Ingress._run_group``);
     ``query_rows[i]`` is request i's row in it (-1: no query).
     """
 
