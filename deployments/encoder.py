@@ -46,9 +46,9 @@ class QueryEncoderDeployment:
         m.batch_size.observe(len(queries), tags={"stage": "encode"})
         m.stage_latency.observe(ms, tags={"stage": "encode"})
         if hits:
-            m.cache_hits.inc(hits)
-        m.cache_lookups.inc(len(queries))
-        m.cache_hit_ratio.set(self.cache.hit_ratio)
+            m.cache_hits.inc(hits, tags={"stage": "encode"})
+        m.cache_lookups.inc(len(queries), tags={"stage": "encode"})
+        m.cache_hit_ratio.set(self.cache.hit_ratio, tags={"stage": "encode"})
         bounds = np.cumsum([0, *(len(group) for group in groups)])
         return [(vectors[a:b], ms) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

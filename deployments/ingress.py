@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -34,6 +35,7 @@ from deployments.metrics import stage_metrics
 from deployments.payloads import Ranked, Retrieved
 from recsys import __version__
 from recsys.artifacts import Artifact
+from recsys.cache import EmbeddingCache, normalise_query
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
 from recsys.coalesce import Coalescer, QueueFull
 from recsys.config import AppConfig
@@ -219,6 +221,8 @@ class Ingress:
         self.rankers = rankers
         self.metrics = stage_metrics()
         self.retry_after = {"Retry-After": str(config.routing.retry_after_s)}
+        self.query_cache = EmbeddingCache(config.ingress.query_cache_size)
+        self._background: set[asyncio.Task[None]] = set()
         self.coalescer: Coalescer[Job, tuple[dict, dict]] = Coalescer(
             self._run_group,
             max_batch_size=config.ingress.group_max_size,
@@ -365,15 +369,21 @@ class Ingress:
         preps = [prep for prep, _ in group]
         deadline = min((d for _, d in group), key=lambda d: d.start + d.budget_s)
         n = self.config.retrieval.n_candidates
-        queries: list[str] = []
+        queries: list[str] = []  # the ones the ingress's query cache does not hold
         query_rows: list[int] = []  # each request's row in the encoder's answer (-1: none)
+        cached: list[np.ndarray | None] = []
         for p in preps:
-            query_rows.append(len(queries) if p.query is not None else -1)
-            if p.query is not None:
+            vec = None if p.query is None else self.query_cache.get(normalise_query(p.query))
+            cached.append(vec)
+            query_rows.append(len(queries) if p.query is not None and vec is None else -1)
+            if p.query is not None and vec is None:
                 queries.append(p.query)
+        self._count_cache(preps, cached)
         encoded = self.encoder.encode.remote(queries) if queries else None
         retrieved = self.retriever.retrieve.remote(
-            [p.retrieval(n) for p in preps], encoded, query_rows
+            [p.retrieval(n, query_vec=vec) for p, vec in zip(preps, cached, strict=True)],
+            encoded,
+            query_rows,
         )
         upstream = "encode+retrieve" if queries else "retrieve"
         by_variant: dict[str, list[int]] = {}
@@ -443,7 +453,32 @@ class Ingress:
             )
             answers.append((body.model_dump(), timings))
         self.metrics.batch_size.observe(len(preps), tags={"stage": "ingress_group"})
+        if encoded is not None and self.query_cache.capacity:  # off the answers' path
+            task = asyncio.create_task(self._remember(queries, encoded))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return answers
+
+    def _count_cache(self, preps: list[PreparedRequest], cached: list[np.ndarray | None]) -> None:
+        lookups = sum(p.query is not None for p in preps)
+        if not lookups or not self.query_cache.capacity:
+            return
+        hits = sum(vec is not None for vec in cached)
+        tags = {"stage": "ingress"}
+        if hits:
+            self.metrics.cache_hits.inc(hits, tags=tags)
+        self.metrics.cache_lookups.inc(lookups, tags=tags)
+        self.metrics.cache_hit_ratio.set(self.query_cache.hit_ratio, tags=tags)
+
+    async def _remember(self, queries: list[str], encoded: Any) -> None:
+        """Keep the group's new query vectors (the encoder's answer is resolved by now on the
+        happy path; a failed or late encoder leaves the cache as it was)."""
+        try:
+            vectors, _ = await asyncio.wait_for(encoded, timeout=5.0)
+        except Exception:  # the request path already answered for this failure
+            return
+        for query, vec in zip(queries, vectors, strict=True):
+            self.query_cache.put(normalise_query(query), vec)
 
     async def _call(self, response: Any, timeout_s: float, stage: str) -> Any:
         """Await a stage's answer within ``timeout_s``; map failures to :class:`StageError`."""

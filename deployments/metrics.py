@@ -52,15 +52,20 @@ class StageMetrics:
             boundaries=BATCH_BOUNDARIES,
             tag_keys=("stage",),
         )
+        # stage: "ingress" (the ingress's query cache, a hit skips the encoder call) or
+        # "encode" (the encoder's own cache, a hit skips the model)
         self.cache_hits = metrics.Counter(
-            "recsys_cache_hits", description="Query-embedding cache hits."
+            "recsys_cache_hits", description="Query-embedding cache hits.", tag_keys=("stage",)
         )
         self.cache_lookups = metrics.Counter(
-            "recsys_cache_lookups", description="Query-embedding cache lookups."
+            "recsys_cache_lookups",
+            description="Query-embedding cache lookups.",
+            tag_keys=("stage",),
         )
         self.cache_hit_ratio = metrics.Gauge(
             "recsys_cache_hit_ratio",
             description="Hit ratio of this replica's query-embedding cache since start.",
+            tag_keys=("stage",),
         )
         self.requests = metrics.Counter(
             "recsys_requests",

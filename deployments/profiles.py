@@ -39,7 +39,7 @@ def local_profile() -> AppConfig:
         ranker=stage(16, 2),
         # On 2 cores each hop's fixed CPU cost, not the models, sets the ceiling: send
         # concurrent requests down the chain together (groups grow with the load).
-        ingress=IngressConfig(group_max_size=16, groups_in_flight=2),
+        ingress=IngressConfig(group_max_size=16, groups_in_flight=2, query_cache_size=4096),
     )
 
 

@@ -300,6 +300,9 @@ class IngressConfig(StrictModel):
     groups_in_flight: int = Field(256, ge=1)
     """Groups in the chain at once per ingress replica; requests arriving while all are busy
     queue and leave together as the next group, so groups grow with the load."""
+    query_cache_size: int = Field(0, ge=0)
+    """Query embeddings each ingress replica keeps (LRU, filled from the encoder's answers): a
+    search whose query is cached skips the encoder call, one round trip fewer (0: off)."""
     group_queue_limit: int = Field(128, ge=0)
     """Requests one ingress replica lets wait for a free group slot; past it, new requests are
     answered 503 + Retry-After at once (load shedding instead of an unbounded queue)."""

@@ -313,8 +313,13 @@ VARIANTS: dict[str, SystemSpec] = {
     ),
     "nocache": _serve_variant(
         "nocache",
-        "query-embedding cache off (cache_size 0)",
-        app_overrides={"encoder": {"cache_size": 0}},
+        "query-embedding caches off (encoder cache_size 0, ingress query_cache_size 0)",
+        app_overrides={"encoder": {"cache_size": 0}, "ingress": {"query_cache_size": 0}},
+    ),
+    "noingresscache": _serve_variant(
+        "noingresscache",
+        "no query cache at the ingress: every search calls the encoder (its own cache stays)",
+        app_overrides={"ingress": {"query_cache_size": 0}},
     ),
     "threads2": SystemSpec(
         name="inprocess:threads2",

@@ -41,11 +41,12 @@ def small_stage(**overrides: object) -> StageConfig:
 
 def app_config(artifacts: Path, **overrides: object) -> AppConfig:
     """Test app: generous deadline (CI machines are slow and shared) unless a test tightens it;
-    the ingress coalesces concurrent requests as the local profile does."""
+    the ingress coalesces concurrent requests and caches query vectors as the local profile
+    does."""
     data: dict[str, object] = {
         "artifacts": str(artifacts),
         "routing": RoutingConfig(deadline_ms=20_000),
-        "ingress": IngressConfig(group_max_size=8, groups_in_flight=2),
+        "ingress": IngressConfig(group_max_size=8, groups_in_flight=2, query_cache_size=64),
         "query_encoder": small_stage(),
         "retriever": small_stage(),
         "ranker": small_stage(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -165,6 +166,21 @@ def test_concurrent_requests_share_groups_and_each_gets_its_own_answer(
     assert {r.json()["variant"] for r in together} == {"control", "treatment"}
     assert max(r.json()["timings_ms"]["group_size"] for r in together) > 1
     assert max(r.json()["timings_ms"]["group_size"] for r in alone) == 1
+
+
+def test_a_repeated_query_skips_the_encoder_with_the_same_answer(app: ServeApp) -> None:
+    """The ingress keeps query vectors from the encoder's answers: the same query again (in any
+    case and spacing) goes straight to retrieval and ranks the same items."""
+    first = app.search(query="Velvet  Armchair in green", k=5).json()
+    assert "encode" in first["timings_ms"]  # a miss: the encoder ran
+    again = None
+    for _ in range(20):  # the ingress stores the vectors just after answering
+        time.sleep(0.1)
+        again = app.search(query="velvet armchair IN GREEN", k=5).json()
+        if "encode" not in again["timings_ms"]:
+            break
+    assert again is not None and "encode" not in again["timings_ms"]
+    assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in first["items"]]
 
 
 def test_direct_ingress_port_serves_the_same_api(app: ServeApp, items) -> None:
