@@ -31,7 +31,7 @@ with no wait. The monolith runs under the same Serve settings.
   uncoalesced  each request down the chain alone  inflight1 / inflight4  groups in flight
   batch8       stages batch 8 / 0 ms              batch32    stages batch 32 / 5 ms
   int8         encoder int8 quantisation          nocache    query caches off
-  noingresscache  searches always call the encoder (no query cache at the ingress)
+  ingresscache cached searches skip the encoder (query cache at the ingress)
   dashboard    default Ray start (dashboard)      threads2   in-process, 2 threads
 experiments: raw_throughput, int8, cache, nprobe, candidates
 

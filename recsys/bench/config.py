@@ -316,10 +316,10 @@ VARIANTS: dict[str, SystemSpec] = {
         "query-embedding caches off (encoder cache_size 0, ingress query_cache_size 0)",
         app_overrides={"encoder": {"cache_size": 0}, "ingress": {"query_cache_size": 0}},
     ),
-    "noingresscache": _serve_variant(
-        "noingresscache",
-        "no query cache at the ingress: every search calls the encoder (its own cache stays)",
-        app_overrides={"ingress": {"query_cache_size": 0}},
+    "ingresscache": _serve_variant(
+        "ingresscache",
+        "query cache of 4096 vectors at the ingress: a cached search skips the encoder call",
+        app_overrides={"ingress": {"query_cache_size": 4096}},
     ),
     "threads2": SystemSpec(
         name="inprocess:threads2",
