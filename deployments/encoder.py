@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 from ray import serve
 
 from deployments.metrics import stage_metrics
-from deployments.payloads import EncodedGroup
+from deployments.payloads import EncodedGroup, split_by_sizes
 from recsys.cache import EmbeddingCache
 from recsys.config import AppConfig
 from recsys.encoder import QueryEncoder
@@ -49,8 +48,7 @@ class QueryEncoderDeployment:
             m.cache_hits.inc(hits, tags={"stage": "encode"})
         m.cache_lookups.inc(len(queries), tags={"stage": "encode"})
         m.cache_hit_ratio.set(self.cache.hit_ratio, tags={"stage": "encode"})
-        bounds = np.cumsum([0, *(len(group) for group in groups)])
-        return [(vectors[a:b], ms) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [(rows, ms) for rows in split_by_sizes(vectors, groups)]
 
     def stats(self) -> dict[str, float]:
         """Cache statistics of this replica (for tests and operators)."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 from ray import serve
 
 from deployments.metrics import stage_metrics
-from deployments.payloads import Ranked, Retrieved
+from deployments.payloads import Ranked, Retrieved, split_by_sizes
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.ranking import CandidateRanker
@@ -53,7 +52,7 @@ class RankerDeployment:
         picks: list[list[int]],
     ) -> list[list[Ranked]]:
         """Each call is one ingress group: ``retrieved`` is the retriever's answer for the whole
-        group (passed straight in), ``picks`` the positions in it this ranker variant scores,
+        group (passed in as a response), ``picks`` the positions in it this ranker variant scores,
         in the order of ``queries``. Every call in a batch is scored together."""
         started = time.perf_counter()
         if self.fault_delay_s:
@@ -73,8 +72,7 @@ class RankerDeployment:
             (req.candidates, s, {**so_far, "rank": ms})
             for req, s, so_far in zip(requests, scores, stage_ms, strict=True)
         ]
-        bounds = np.cumsum([0, *(len(positions) for positions in picks)])
-        return [answers[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return split_by_sizes(answers, picks)
 
     def check_health(self) -> None:
         """Fails when a rank of the gang died or the process group broke: Serve then replaces

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 from ray import serve
 
 from deployments.metrics import stage_metrics
-from deployments.payloads import EncodedGroup, Retrieved
+from deployments.payloads import EncodedGroup, Retrieved, split_by_sizes
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.retrieval import Retriever
@@ -65,5 +64,4 @@ class RetrieverDeployment:
         self.metrics.batch_size.observe(len(flat), tags={"stage": "retrieve"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "retrieve"})
         answers = [(c, {"retrieve": ms, **e}) for c, e in zip(candidates, encode_ms, strict=True)]
-        bounds = np.cumsum([0, *(len(requests) for requests in groups)])
-        return [answers[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return split_by_sizes(answers, groups)
