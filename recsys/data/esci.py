@@ -215,6 +215,7 @@ def _items_table(
             "rating": pa.array(np.zeros(n, np.float32)),
             "review_count": pa.array(np.zeros(n, np.int32)),
             "popularity": pa.array(popularity[start : start + n].astype(np.float32)),
+            "attributes": pa.array([f"colour:{c}" if c else None for c in colour], pa.string()),
         },
         schema=S.ITEMS_SCHEMA,
     )

@@ -594,9 +594,27 @@ def _items_table(seed: int, catalog: Catalog, start: int, stop: int) -> pa.Table
             "rating": pa.array(np.concatenate(ratings)),
             "review_count": pa.array(np.concatenate(reviews)),
             "popularity": pa.array(catalog.popularity[rows].astype(np.float32)),
+            "attributes": _attributes_column(t.colour[rows], t.material[rows], t.size[rows]),
         },
         schema=S.ITEMS_SCHEMA,
     )
+
+
+def _attributes_column(colour: np.ndarray, material: np.ndarray, size: np.ndarray) -> pa.Array:
+    """``key:value|...`` of the attributes an item has (null when it has none)."""
+    out: list[str | None] = []
+    for c, m, z in zip(colour.tolist(), material.tolist(), size.tolist(), strict=True):
+        parts = [
+            f"{key}:{table[code]}"
+            for key, table, code in (
+                ("colour", vocab.COLOURS, c),
+                ("material", vocab.MATERIALS, m),
+                ("size", vocab.SIZES, z),
+            )
+            if code >= 0
+        ]
+        out.append("|".join(parts) or None)
+    return pa.array(out, pa.string())
 
 
 def _sub_blocks(start: int, stop: int) -> Iterator[tuple[int, int]]:

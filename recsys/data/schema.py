@@ -47,6 +47,10 @@ ITEMS_SCHEMA = pa.schema(
         ("rating", pa.float32()),  # 1.0 .. 5.0
         ("review_count", pa.int32()),
         ("popularity", pa.float32()),  # Zipf-like weight, sums to 1 over the catalog
+        # every attribute as "key:value|key:value" (lower-case keys; colour/material/size above
+        # repeat three of them as columns); nullable. Lexical search and the ranker's
+        # attribute-match features read it, so catalogs with other attributes work the same.
+        ("attributes", pa.string()),
     ]
 )
 
