@@ -1,9 +1,10 @@
-"""The e-commerce world: on-disk schema, synthetic generator, ESCI loader and typed readers.
+"""The e-commerce world: on-disk schema, synthetic generator, dataset loaders, typed readers.
 
 Nothing here imports Ray.
 """
 
 from recsys.data.esci import load_esci
+from recsys.data.formats import FORMATS, DataFormatError, load_data
 from recsys.data.generate import generate_world
 from recsys.data.ground_truth import (
     ItemTruth,
@@ -25,12 +26,15 @@ from recsys.data.loaders import (
 )
 
 __all__ = [
+    "FORMATS",
+    "DataFormatError",
     "ItemTruth",
     "QuerySpecs",
     "ShopperTruth",
     "UtilityWeights",
     "WorldSummary",
     "generate_world",
+    "load_data",
     "load_esci",
     "read_categories",
     "read_ground_truth",

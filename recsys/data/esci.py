@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from recsys.data import schema as S
+from recsys.data.conversion import DataFormatError
 from recsys.data.loaders import PUBLIC_FILES, WorldSummary, open_writer, write_table
 
 REQUIRED_COLUMNS = (
@@ -73,17 +74,22 @@ def load_esci(
 
     ``locale`` keeps only rows whose ``product_locale`` equals it (None keeps every locale);
     rows without a query or product_id are skipped.
-    Raises ``ValueError`` when required columns are missing, when labels are not ESCI labels,
-    or when no row has the requested locale.
+    Raises :class:`~recsys.data.conversion.DataFormatError` (a ``ValueError``) naming the file
+    when required columns are missing, when labels are not ESCI labels, or when no row has the
+    requested locale.
     """
-    source = pq.ParquetFile(Path(path))
-    _check_columns(source.schema_arrow.names)
+    path = Path(path)
+    source = pq.ParquetFile(path)
+    _check_columns(path, source.schema_arrow.names)
     keys = source.read(columns=["query", "product_id", "esci_label", "product_locale"])
-    keep = _locale_mask(keys.column("product_locale"), locale)
+    keep = _locale_mask(path, keys.column("product_locale"), locale)
     keep &= pc.is_valid(keys.column("query")).to_numpy(zero_copy_only=False)
     keep &= pc.is_valid(keys.column("product_id")).to_numpy(zero_copy_only=False)
     keys = keys.filter(pa.array(keep))
-    letters = esci_letters(keys.column("esci_label"))
+    try:
+        letters = esci_letters(keys.column("esci_label"))
+    except ValueError as exc:
+        raise DataFormatError(path, str(exc), column="esci_label") from exc
     item_codes, item_ids = _encode(keys.column("product_id"))
     query_codes, query_texts = _encode(keys.column("query"))
     out_dir = Path(out_dir)
@@ -106,6 +112,7 @@ def load_esci(
         n_train_sessions=0,
         n_test_sessions=0,
         files={name: out_dir / name for name in PUBLIC_FILES},
+        source_format="esci",
     )
 
 
@@ -129,22 +136,28 @@ def esci_letters(labels: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return letters[pc.fill_null(index, 0).to_numpy()]
 
 
-def _check_columns(names: list[str]) -> None:
+def _check_columns(path: Path, names: list[str]) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
-        raise ValueError(
+        raise DataFormatError(
+            path,
             f"ESCI file lacks columns {missing}; expected columns {list(REQUIRED_COLUMNS)} "
-            f"(found {names})"
+            f"(found {names})",
+            column=missing[0],
         )
 
 
-def _locale_mask(locales: pa.ChunkedArray, locale: str | None) -> np.ndarray:
+def _locale_mask(path: Path, locales: pa.ChunkedArray, locale: str | None) -> np.ndarray:
     if locale is None:
         return np.ones(len(locales), dtype=bool)
     keep = pc.fill_null(pc.equal(locales, locale), False).to_numpy()
     if not keep.any():
         found = sorted(str(v) for v in pc.unique(locales).to_pylist())
-        raise ValueError(f"no ESCI rows with product_locale {locale!r}; found locales {found}")
+        raise DataFormatError(
+            path,
+            f"no ESCI rows with product_locale {locale!r}; found locales {found}",
+            column="product_locale",
+        )
     return np.asarray(keep, dtype=bool)
 
 

@@ -76,6 +76,19 @@ class WorldSummary:
     n_test_sessions: int
     files: Mapping[str, Path] = field(default_factory=dict)
     """File name (relative to ``out_dir``) -> path, for every file written."""
+    source_format: str = "synthetic"
+    """Where the data came from: "synthetic" (the generator) or a format of
+    :data:`recsys.data.formats.FORMATS` ("native", "esci", "wands")."""
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether ``query_labels.parquet`` holds any judged (query, item) pair."""
+        return self.n_labels > 0
+
+    @property
+    def has_interactions(self) -> bool:
+        """Whether the interaction log has any row (train or test)."""
+        return self.n_train_rows + self.n_test_rows > 0
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -172,7 +185,7 @@ def _read_arrow(
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {directory} is not a complete data directory. Create it first "
-            "with `recsys build` (or recsys.data.generate_world / recsys.data.load_esci)."
+            "with `recsys build` (or recsys.data.generate_world / recsys.data.load_data)."
         )
     present = set(pq.read_schema(path).names)
     missing = [name for name in schema.names if name not in present]
