@@ -11,6 +11,13 @@ profile coalesces up to 16, the GPU profile sends each request on its own)::
 Every answer is JSON with a request id (also in the ``X-Request-ID`` header and the access
 log). Bad input is a 4xx naming the problem; overload and blown deadlines are 503 with
 ``Retry-After``.
+
+Ready means ready: the replica's (async) constructor waits until every stage answers and
+sends one request per route and ranker variant through the whole chain, so Serve routes
+nothing to it, and the app is not RUNNING, before the chain is warm (``recsys.warmup``).
+``/healthz`` says the ingress is alive; ``/readyz`` asks every stage whether it is warm,
+serves the expected artifact version and (ranker) has its whole gang, and answers 503 when
+one is not.
 """
 
 import asyncio
@@ -33,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.metrics import stage_metrics
 from deployments.payloads import Ranked, Retrieved
+from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys import __version__
 from recsys.artifacts import Artifact
 from recsys.cache import EmbeddingCache, normalise_query
@@ -48,6 +56,16 @@ from recsys.types import (
     RecommendRequest,
     Route,
     SearchRequest,
+)
+from recsys.warmup import (
+    ARTIFACT_OPEN,
+    LOAD,
+    STAGES_WAIT,
+    WARMUP,
+    ColdStart,
+    chain_calls,
+    readiness,
+    stage_report,
 )
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -65,6 +83,15 @@ Job = tuple[PreparedRequest, Deadline]
 
 # Set by the ingress replica from its config (one ingress per process).
 LIMITS = {"max_body_bytes": 16_384}
+
+WARMUP_TIMEOUT_S = 1800.0
+"""How long a starting ingress waits for the stages to come up and answer its warm-up chain
+(a remote artifact download or a new GPU node can take minutes); past it the replica fails
+and Serve starts another."""
+WARMUP_DEADLINE_MS = 120_000.0
+"""Deadline of one warm-up attempt through the chain (a cold stage may be slow once)."""
+READINESS_TIMEOUT_S = 2.0
+"""How long ``/readyz`` waits for each stage's answer."""
 
 
 class StageError(Exception):
@@ -204,17 +231,22 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 class Ingress:
     """FastAPI ingress over the encoder, retriever and one ranker handle per variant."""
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         config: AppConfig,
         encoder: DeploymentHandle,
         retriever: DeploymentHandle,
         rankers: dict[str, DeploymentHandle],
     ):
+        self.cold = ColdStart(deployment_name("Ingress"))
+        self.warm = False
+        self.served = 0
         self.config = config
         LIMITS["max_body_bytes"] = config.ingress.max_body_bytes
-        self.artifact = Artifact.open(config.artifacts, config.cache_dir)
-        self.catalog = Catalog.from_artifact(self.artifact)
+        with self.cold.phase(ARTIFACT_OPEN):
+            self.artifact = Artifact.open(config.artifacts, config.cache_dir)
+        with self.cold.phase(LOAD):
+            self.catalog = Catalog.from_artifact(self.artifact)
         self.policy = RoutingPolicy(config.routing)
         self.encoder = encoder
         self.retriever = retriever
@@ -229,12 +261,111 @@ class Ingress:
             max_in_flight=config.ingress.groups_in_flight,
             max_queued=config.ingress.group_queue_limit,
         )
+        self.stages = {h.deployment_name: h for h in (encoder, retriever, *rankers.values())}
+        own_ranker = {v.name for v in config.routing.variants if v.artifacts is None}
+        self.expected_versions = {
+            retriever.deployment_name: self.artifact.version,
+            **{rankers[v].deployment_name: self.artifact.version for v in own_ranker},
+        }
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Wait for every stage, then send one request per route and variant through the
+        chain until all come back ranked; only then does Serve route to this replica."""
+        started = time.monotonic()
+        with self.cold.phase(STAGES_WAIT):  # a handle's call waits for a running replica
+
+            async def answer(handle: DeploymentHandle) -> Any:
+                return await handle.readiness.remote()
+
+            waits = (answer(h) for h in self.stages.values())
+            await asyncio.wait_for(asyncio.gather(*waits), timeout=WARMUP_TIMEOUT_S)
+        calls = chain_calls(
+            list(self.catalog.user_index),
+            list(self.catalog.item_ids[:1]),
+            list(self.catalog.titles[:32]),
+            self.policy.variant_for,
+            self.policy.variants,
+        )
+        log = logging.getLogger("ray.serve")
+        with self.cold.phase(WARMUP):
+            while True:
+                jobs = [
+                    (
+                        prepare(c.route, self.catalog, self.policy, self.config.default_k, **c.ids),
+                        Deadline.starting_now(WARMUP_DEADLINE_MS),
+                    )
+                    for c in calls
+                ]
+                answers = await self._run_group(jobs)
+                missed = [
+                    a.detail if isinstance(a, StageError) else a[0]["degraded_reason"]
+                    for a in answers
+                    if isinstance(a, StageError) or a[0]["degraded"]
+                ]
+                if not missed:
+                    break
+                if time.monotonic() - started > WARMUP_TIMEOUT_S:
+                    raise RuntimeError(f"warm-up through the chain kept failing: {missed}")
+                log.warning("warm-up through the chain not answered yet (%s); retrying", missed)
+                await asyncio.sleep(1.0)
+        # the warm-up's queries are not the shoppers': start with an empty query cache
+        self.query_cache = EmbeddingCache(self.config.ingress.query_cache_size)
+        self.warm = True
+        finish_cold_start(self.cold)
 
     # ---- endpoints ---------------------------------------------------------------------------
 
     @app.get("/healthz", summary="Liveness of the ingress")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "items": len(self.catalog), "version": self.artifact.version}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: every stage warm, the artifact version loaded, the ranker gang "
+        "complete; 503 when not",
+        responses={503: {"model": ErrorResponse}},
+    )
+    async def readyz(self, request: Request) -> JSONResponse:
+        reports: dict[str, dict[str, Any] | str] = {
+            self.cold.stage: stage_report(
+                self.cold.stage,
+                self.cold,
+                warm=self.warm,
+                version=self.artifact.version,
+                served=self.served,
+                replica=replica_id(),
+            ),
+            **await self._stage_reports(READINESS_TIMEOUT_S),
+        }
+        ready, body = readiness(reports, self.expected_versions)
+        body["version"] = self.artifact.version
+        if ready:
+            return JSONResponse(body)
+        error = ErrorResponse(
+            error="not_ready", detail="; ".join(body["problems"]), request_id=_request_id(request)
+        )
+        return JSONResponse(
+            {**error.model_dump(), **body}, status_code=503, headers=self.retry_after
+        )
+
+    async def _stage_reports(self, timeout_s: float) -> dict[str, dict[str, Any] | str]:
+        """Each stage's ``readiness()`` answer (from one of its replicas), or why none came."""
+
+        async def ask(handle: DeploymentHandle) -> dict[str, Any] | str:
+            response = handle.readiness.remote()
+            try:
+                return dict(await asyncio.wait_for(response, timeout=timeout_s))
+            except TimeoutError:
+                response.cancel()
+                return f"no answer within {timeout_s:g} s"
+            except BackPressureError:
+                return "overloaded: its queue is full"
+            except Exception as exc:  # unavailable, or its replica failed
+                return f"unavailable ({type(exc).__name__}: {exc})"
+
+        answers = await asyncio.gather(*(ask(h) for h in self.stages.values()))
+        return dict(zip(self.stages, answers, strict=True))
 
     @app.get("/v1/version", summary="Artifact version and config hash being served")
     async def version(self) -> dict[str, Any]:
@@ -309,6 +440,7 @@ class Ingress:
     ) -> JSONResponse:
         request_id = _request_id(request)
         deadline = self.policy.new_deadline()
+        self.served += 1
         try:
             prep = prepare(
                 route,

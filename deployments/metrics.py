@@ -3,8 +3,8 @@
 They appear on Ray's Prometheus endpoint beside Serve's own ``ray_serve_*`` metrics, prefixed
 ``ray_`` (counters get ``_total``): ``ray_recsys_stage_latency_ms``, ``ray_recsys_batch_size``,
 ``ray_recsys_cache_hits_total``, ``ray_recsys_cache_lookups_total``,
-``ray_recsys_requests_total``, ``ray_recsys_degraded_total``, ``ray_recsys_rejected_total``.
-Each replica creates them once (metric objects are per-process).
+``ray_recsys_requests_total``, ``ray_recsys_degraded_total``, ``ray_recsys_rejected_total``,
+``ray_recsys_cold_start_s``. Each replica creates them once (metric objects are per-process).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ray.serve import metrics
+
+from recsys.warmup import ColdStart
 
 LATENCY_BOUNDARIES_MS = [
     0.5,
@@ -82,6 +84,19 @@ class StageMetrics:
             description="Requests answered 503 (overload or deadline), by the stage at fault.",
             tag_keys=("stage", "reason"),
         )
+        # one series per replica (Serve adds the replica tag) and phase; phase "total" is the
+        # sum, the replica's start time from its constructor's start until it is warm
+        self.cold_start = metrics.Gauge(
+            "recsys_cold_start_s",
+            description="Seconds each phase of this replica's cold start took (artifact_open, "
+            "load, gang_start, stages_wait, warmup, total).",
+            tag_keys=("stage", "phase"),
+        )
+
+    def record_cold_start(self, cold: ColdStart) -> None:
+        for phase, seconds in cold.phases.items():
+            self.cold_start.set(seconds, tags={"stage": cold.stage, "phase": phase})
+        self.cold_start.set(cold.total_s, tags={"stage": cold.stage, "phase": "total"})
 
 
 @lru_cache(maxsize=1)

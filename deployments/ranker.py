@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from ray import serve
 
 from deployments.metrics import stage_metrics
 from deployments.payloads import Ranked, Retrieved, split_by_sizes
+from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.ranking import CandidateRanker
 from recsys.types import RankQuery, RankRequest
+from recsys.warmup import (
+    ARTIFACT_OPEN,
+    GANG_START,
+    LOAD,
+    WARMUP,
+    ColdStart,
+    WarmupCatalog,
+    rank_batches,
+    run_batches,
+    served_batch_sizes,
+    stage_report,
+)
 
 
 @serve.deployment
@@ -25,6 +39,9 @@ class RankerDeployment:
 
     With ``topology.tp > 1`` the replica is rank 0 of a gang whose other ranks are Ray actors
     in the replica's placement group (see ``deployments.gang``).
+
+    The replica warms up in ``__init__``: one forward per served batch size, in which every
+    rank of the gang takes part, so Serve routes nothing to it before the gang has run.
     """
 
     def __init__(self, config: AppConfig, variant: str, artifacts: str):
@@ -32,17 +49,32 @@ class RankerDeployment:
 
         torch.set_num_threads(config.ranker.torch_threads)
         self.variant = variant
+        self.tp = config.topology.tp
         self.fault_delay_s = config.ranker.fault_delay_ms / 1000.0
-        artifact = Artifact.open(artifacts, config.cache_dir)
+        self.cold = ColdStart(deployment_name("Ranker"))
+        with self.cold.phase(ARTIFACT_OPEN):
+            artifact = Artifact.open(artifacts, config.cache_dir)
+        self.version = artifact.version
         executor = None
-        if config.topology.tp > 1:
+        if self.tp > 1:
             from deployments.gang import start_gang_executor
 
-            executor = start_gang_executor(artifact, config)
-        self.ranker = CandidateRanker.from_artifact(artifact, executor=executor)
+            with self.cold.phase(GANG_START):
+                executor = start_gang_executor(artifact, config)
+        with self.cold.phase(LOAD):
+            self.ranker = CandidateRanker.from_artifact(artifact, executor=executor)
         self.metrics = stage_metrics()
         self.rank.set_max_batch_size(config.ranker.max_batch_size)
         self.rank.set_batch_wait_timeout_s(config.ranker.batch_wait_timeout_s)
+        self.served = 0
+        with self.cold.phase(WARMUP):
+            batches = rank_batches(
+                WarmupCatalog.from_artifact(artifact),
+                config.retrieval.n_candidates,
+                served_batch_sizes(config.ranker.max_batch_size),
+            )
+            run_batches(self.ranker.score, batches)
+        finish_cold_start(self.cold)
 
     @serve.batch
     async def rank(
@@ -64,6 +96,7 @@ class RankerDeployment:
                 candidates, ms_so_far = group[pos]
                 requests.append(RankRequest.of(query, candidates))
                 stage_ms.append(ms_so_far)
+        self.served += len(requests)
         scores = self.ranker.score(requests)
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.batch_size.observe(len(requests), tags={"stage": "rank"})
@@ -78,6 +111,24 @@ class RankerDeployment:
         """Fails when a rank of the gang died or the process group broke: Serve then replaces
         the replica, and with it the placement group and every rank."""
         self.ranker.executor.check_health()
+
+    def readiness(self) -> dict[str, Any]:
+        """This replica's readiness and cold start (``recsys.warmup.stage_report``); the gang
+        is complete while every rank is alive and the process group works."""
+        try:
+            self.ranker.executor.check_health()
+            complete = True
+        except Exception:
+            complete = False
+        return stage_report(
+            self.cold.stage,
+            self.cold,
+            warm=True,
+            version=self.version,
+            served=self.served,
+            replica=replica_id(),
+            gang={"tp": self.tp, "complete": complete},
+        )
 
     def gang_pids(self) -> list[int]:
         """Process ids of ranks 1..tp-1 (empty when tp == 1), for operators and drills."""

@@ -1,18 +1,34 @@
-"""Retriever deployment: batched FAISS candidate generation."""
+"""Retriever deployment: batched FAISS candidate generation.
+
+The replica warms up in ``__init__`` (every retrieval path at every served batch size), so
+Serve routes nothing to it before its index has been searched."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from ray import serve
 
 from deployments.metrics import stage_metrics
 from deployments.payloads import EncodedGroup, Retrieved, split_by_sizes
+from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.retrieval import Retriever
 from recsys.types import RetrievalRequest
+from recsys.warmup import (
+    ARTIFACT_OPEN,
+    LOAD,
+    WARMUP,
+    ColdStart,
+    WarmupCatalog,
+    retrieval_batches,
+    run_batches,
+    served_batch_sizes,
+    stage_report,
+)
 
 
 @serve.deployment
@@ -32,13 +48,26 @@ class RetrieverDeployment:
         import faiss
 
         faiss.omp_set_num_threads(config.retriever.torch_threads)
-        artifact = Artifact.open(config.artifacts, config.cache_dir)
-        self.retriever = Retriever.from_artifact(artifact, config.retrieval)
+        self.cold = ColdStart(deployment_name("Retriever"))
+        with self.cold.phase(ARTIFACT_OPEN):
+            artifact = Artifact.open(config.artifacts, config.cache_dir)
+        with self.cold.phase(LOAD):
+            self.retriever = Retriever.from_artifact(artifact, config.retrieval)
         self.version = artifact.version
         self.fault_delay_s = config.retriever.fault_delay_ms / 1000.0
         self.metrics = stage_metrics()
         self.retrieve.set_max_batch_size(config.retriever.max_batch_size)
         self.retrieve.set_batch_wait_timeout_s(config.retriever.batch_wait_timeout_s)
+        self.served = 0
+        with self.cold.phase(WARMUP):
+            batches = retrieval_batches(
+                WarmupCatalog.from_artifact(artifact),
+                self.retriever.dim,
+                config.retrieval.n_candidates,
+                served_batch_sizes(config.retriever.max_batch_size),
+            )
+            run_batches(self.retriever.retrieve, batches)
+        finish_cold_start(self.cold)
 
     @serve.batch
     async def retrieve(
@@ -59,9 +88,21 @@ class RetrieverDeployment:
                     req.query_vec = enc[0][row]
                 encode_ms.append({"encode": enc[1]} if row >= 0 and enc is not None else {})
         flat = [req for requests in groups for req in requests]
+        self.served += len(flat)
         candidates = self.retriever.retrieve(flat)
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.batch_size.observe(len(flat), tags={"stage": "retrieve"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "retrieve"})
         answers = [(c, {"retrieve": ms, **e}) for c, e in zip(candidates, encode_ms, strict=True)]
         return split_by_sizes(answers, groups)
+
+    def readiness(self) -> dict[str, Any]:
+        """This replica's readiness and cold start (``recsys.warmup.stage_report``)."""
+        return stage_report(
+            self.cold.stage,
+            self.cold,
+            warm=True,
+            version=self.version,
+            served=self.served,
+            replica=replica_id(),
+        )

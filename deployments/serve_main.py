@@ -1,7 +1,13 @@
-"""``recsys serve``: a local Ray instance plus the app, in the foreground, until a signal."""
+"""``recsys serve``: a local Ray instance plus the app, in the foreground, until a signal.
+
+The banner (the URLs to call) is printed only once ``/readyz`` answers 200: every stage has
+warmed up, so the first request after it is served like any other. Before it, one log line
+per stage gives the phases of its cold start, and one line the app's (Ray start, deploy).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -11,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from recsys.config import AppConfig, BuildConfig
+from recsys.warmup import cold_start_line
 
 # Serve settings of a local instance (the embedded default, the tests and the benchmark's Serve
 # host), each applied unless already set in the environment. Ray reads them at import time in
@@ -74,6 +81,36 @@ def direct_ingress_port(app_name: str, proxy_port: int, timeout_s: float = 60.0)
     raise RuntimeError(f"direct ingress is on but app {app_name!r} has no HTTP target")
 
 
+def wait_ready(base: str, timeout_s: float = 600.0) -> dict:
+    """``GET {base}/readyz`` until it answers 200; its body. Raises ``TimeoutError`` with the
+    last answer when the app is not ready within ``timeout_s``."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:  # 503 not_ready (or the proxy's 503/404)
+            last = f"{exc.code} {exc.read()[:500]!r}"
+        except (OSError, ValueError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{base}/readyz did not answer 200 within {timeout_s:g} s: {last}")
+
+
+def cold_start_report(ready: dict, app_phases: dict[str, float]) -> str:
+    """One line per stage (from ``/readyz``) and one for the app as a whole."""
+    lines = [
+        cold_start_line(name, stage.get("cold_start_s", {}))
+        for name, stage in ready.get("stages", {}).items()
+    ]
+    lines.append(cold_start_line("app", app_phases))
+    return "".join(f"[recsys] {line}\n" for line in lines)
+
+
 def ensure_local_artifacts(uri: str) -> None:
     """Build the default demo artifact at a local ``uri`` that does not exist yet."""
     if "://" in uri and not uri.startswith("file://"):
@@ -123,19 +160,30 @@ def serve_foreground(
         stop.set()
 
     cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
+    app_phases: dict[str, float] = {}
+    started = time.perf_counter()
     # address="local": always a new instance, never one found through /tmp/ray or RAY_ADDRESS
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    app_phases["ray_start"] = time.perf_counter() - started
     # after ray.init, which installs handlers of its own that would exit without serve.shutdown
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        started = time.perf_counter()
         serve.start(http_options={"host": host, "port": port})
+        # returns once every replica has initialised, and so warmed up
         serve.run(build_app(config), name="recsys", route_prefix="/", blocking=False)
+        app_phases["deploy"] = time.perf_counter() - started
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{shown}:{port}"
         direct_port = direct_ingress_port("recsys", port)
         direct = f"http://{shown}:{direct_port}" if direct_port else None
+        started = time.perf_counter()
+        ready = wait_ready(base)
+        app_phases["ready_check"] = time.perf_counter() - started
+        print(cold_start_report(ready, app_phases), end="", flush=True)
         print(
+            f"[recsys] ready: every stage warm, artifact {ready.get('version')}\n"
             f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs)\n"
             + (
                 f"[recsys] the same API without the proxy hop (direct ingress, fastest): {direct}\n"

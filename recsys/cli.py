@@ -77,7 +77,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="start a local Ray instance and the Serve app in the foreground",
         description="Start a local Ray instance and the composed Serve application (ingress, "
         "query encoder, retriever, ranker) on --port. Builds the demo artifact first if "
-        "--artifacts does not exist. Ctrl-C / SIGTERM stops the app and Ray cleanly.",
+        "--artifacts does not exist. Every replica warms up before it takes traffic; the "
+        "URLs are printed once GET /readyz answers 200, after one cold-start line per stage "
+        "(seconds per phase). Ctrl-C / SIGTERM stops the app and Ray cleanly.",
     )
     p.add_argument("--artifacts", default=None, help=f"artifact URI (default {DEFAULT_ARTIFACTS})")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")

@@ -277,9 +277,13 @@ def _worker_group(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         rendered["idleTimeoutSeconds"] = group.idle_timeout_seconds
     rendered["rayStartParams"] = {"metrics-export-port": str(METRICS_PORT)}
     # No readinessProbe here on purpose: KubeRay injects one into RayService workers that
-    # checks the raylet *and* Serve's proxy health (/-/healthz on the `serve` port), so a pod
-    # only joins the Serve Service once its proxy can route; the head's membership is decided
-    # by the operator from the same Serve health.
+    # checks the raylet *and* Serve's proxy health (/-/healthz on the `serve` port), and a
+    # worker's proxy reports healthy only once an ingress replica is RUNNING. Every replica
+    # warms up in its constructor and the ingress's constructor waits for a warm request
+    # through every stage (recsys.warmup), so RUNNING means ready: a pod joins the Serve
+    # Service, and the operator's `Ready` (the blue/green switch) turns True, only when the
+    # app is warm. A probe on the app's own /readyz would be wrong here: it answers for the
+    # whole app, so one cold stage would take every pod out of the Service at once.
     rendered["template"] = _pod_template(
         spec, "ray-worker", container, group.node_selector, group.effective_tolerations
     )

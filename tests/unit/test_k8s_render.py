@@ -241,6 +241,17 @@ def test_worker_groups_request_gpus_on_gpu_nodes(manifest: dict[str, Any]) -> No
         )
 
 
+def test_pod_readiness_is_left_to_kuberay_and_serve(manifest: dict[str, Any]) -> None:
+    """No container brings a probe of its own: KubeRay then injects its worker probe (the
+    node's Serve proxy, healthy only once an ingress replica is RUNNING, i.e. warmed up), and
+    no probe on the app-wide /readyz can take every pod out of the Service at once."""
+    cluster = _cluster(manifest)
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(container)
+
+
 def test_autoscaling_gcs_fault_tolerance_and_upgrades(manifest: dict[str, Any]) -> None:
     cluster = _cluster(manifest)
     assert cluster["enableInTreeAutoscaling"] is True
