@@ -29,10 +29,27 @@ typical use:
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build",
-        help="generate the synthetic world and build a versioned artifact",
-        description="Generate the synthetic catalog, shoppers, interaction log and labelled "
-        "queries; embed items with MiniLM; build and tune the FAISS index; train the ranker; "
-        "write everything with a hashed manifest.json into --out.",
+        help="build a versioned artifact from the synthetic world or your own catalog",
+        description="Load a catalog (--data DIR --format native|esci|wands) or generate the "
+        "synthetic one (catalog, shoppers, interaction log, labelled queries); embed items "
+        "with MiniLM; build and tune the FAISS index and the BM25 lexical index; train the "
+        "ranker on labelled queries and/or the interaction log (retrieval order when the "
+        "catalog has neither); write everything with a hashed manifest.json into --out. "
+        "The directory appears only when complete.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="your catalog: a directory (or an ESCI parquet file); omit for the synthetic world",
+    )
+    p.add_argument(
+        "--format",
+        dest="data_format",
+        choices=["native", "esci", "wands"],
+        default="native",
+        help="format of --data (native: items + optional queries/labels/interactions as "
+        "parquet or CSV, see README; esci: Shopping Queries parquet; wands: Wayfair WANDS)",
     )
     p.add_argument("--items", type=int, default=None, help="catalog size (default 50000)")
     p.add_argument("--shoppers", type=int, default=None, help="number of shoppers (default 20000)")
@@ -118,6 +135,7 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", default=None, help="shopper id, e.g. U0000001")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS)
+    p.add_argument("--json", action="store_true", help="one line: the /v1/search JSON body")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +170,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(getattr(config, section), field, value)
     started = time.perf_counter()
-    result = build_artifacts(config, args.out, progress=not args.quiet, force=args.force)
+    source = (args.data_format, args.data) if args.data is not None else None
+    result = build_artifacts(
+        config, args.out, progress=not args.quiet, force=args.force, data=source
+    )
     index = result.manifest.reports["index"]
     print(
         f"built {result.path} version {result.manifest.version} in "
@@ -160,7 +181,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{index['param_name']}={index['param_value']} recall@{index['k']}="
         f"{index['recall_at_k']:.3f}; stages {result.seconds}"
     )
+    print(f"ranker: {quality_mode(result.manifest.reports.get('ranker', {}))}")
     return 0
+
+
+def quality_mode(ranker_report: dict) -> str:
+    """What the artifact's ranker learned from, in words (build output, /v1/version)."""
+    learned = ranker_report.get("trained_on") or []
+    if not learned:
+        return "none: no labels and no interactions, answers in hybrid retrieval order"
+    if learned == ["relevance"]:
+        return "trained on labelled queries only (no interactions: no personalisation)"
+    if learned == ["behaviour"]:
+        return "trained on interactions only (no labelled queries)"
+    return "trained on labelled queries and interactions"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -205,7 +239,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     pipe = Pipeline.load(AppConfig(artifacts=args.artifacts))
     resp = pipe.search(args.text, user_id=args.user, k=args.k)
-    print(resp.model_dump_json(indent=2))
+    print(resp.model_dump_json() if args.json else resp.model_dump_json(indent=2))
     return 0
 
 

@@ -129,7 +129,7 @@ class RankerConfig(StrictModel):
     """Width of the column-parallel hidden layer (split across ranks when sharded)."""
     hidden2: int = Field(64, ge=1)
     """Width of the row-parallel layer's output."""
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(3, ge=1)
     """Passes over the training impressions."""
     batch_size: int = Field(2048, ge=16)
     """Training mini-batch size."""
@@ -144,9 +144,28 @@ class RankerConfig(StrictModel):
     train_window_days: int = Field(30, ge=1)
     """The last days of the train split whose impressions train the ranker; earlier days only
     form the shoppers' history vectors (so a training row never sees its own clicks)."""
+    relevance_weight: float = Field(5.0, ge=0.0)
+    """Weight of the listwise relevance loss (labelled queries) against the behaviour loss."""
+    lists_per_batch: int = Field(32, ge=1)
+    """Labelled-query lists per training step."""
+    hard_negatives: int = Field(60, ge=0)
+    """Retrieved, unjudged, wrong-category candidates added to each labelled query's list."""
+    validation_share: float = Field(0.1, ge=0.0, lt=0.5)
+    """Labelled queries held out to pick the best epoch."""
+    test_share: float = Field(0.25, ge=0.0, lt=0.9)
+    """Labelled queries held out for evaluation (never trained on, also not their sessions)."""
     anonymous_share: float = Field(0.1, ge=0.0, lt=1.0)
     """Share of training sessions shown to the model as anonymous (no shopper features), so it
     also ranks well for shoppers it does not know."""
+
+
+class LexicalConfig(StrictModel):
+    """The BM25 index over title, brand, attributes and category path (``bm25s``)."""
+
+    k1: float = Field(1.2, ge=0)
+    """BM25 term-frequency saturation."""
+    b: float = Field(0.75, ge=0, le=1)
+    """BM25 length normalisation."""
 
 
 class BuildConfig(StrictModel):
@@ -155,6 +174,10 @@ class BuildConfig(StrictModel):
     data: DataConfig = DataConfig()
     encoder: EncoderConfig = EncoderConfig()
     index: IndexConfig = IndexConfig()
+    lexical: LexicalConfig = LexicalConfig()
+    retrieval_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    """The artifact's retrieval mode (what a serve config's ``retrieval.mode: auto`` uses, and
+    what the ranker's hard negatives come from)."""
     ranker: RankerConfig = RankerConfig()
 
 
@@ -163,11 +186,25 @@ class BuildConfig(StrictModel):
 # --------------------------------------------------------------------------------------------
 
 
+RetrievalMode = Literal["auto", "dense", "lexical", "hybrid"]
+
+
 class RetrievalConfig(StrictModel):
     """Candidate generation."""
 
+    mode: RetrievalMode = "auto"
+    """Where search candidates come from: ``dense`` (FAISS over MiniLM vectors), ``lexical``
+    (BM25 over title, brand, attributes, category path; typo tolerant), ``hybrid`` (both,
+    fused by reciprocal rank), or ``auto``: the mode the artifact was built with."""
     n_candidates: int = Field(200, ge=1, le=5000)
     """Candidates handed to the ranker (N)."""
+    rrf_k: float = Field(60.0, gt=0)
+    """Reciprocal-rank fusion constant: an item at rank r on one side adds w / (rrf_k + r)."""
+    dense_weight_covered: float = Field(0.3, ge=0.0, le=1.0)
+    """Hybrid fusion weights follow how much of the query the lexical index knows: with a
+    share c of the query's words in the index, the lexical list weighs c and the dense list
+    ``1 - (1 - dense_weight_covered) * c`` (a query of unknown words, "couch", is answered by
+    the dense side; a fully indexed one leans on the lexical side)."""
     query_weight: float = Field(1.0, ge=0.0)
     """Weight of the query vector when a search request also names a known shopper."""
     history_weight: float = Field(0.3, ge=0.0)

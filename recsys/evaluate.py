@@ -30,9 +30,10 @@ from recsys.features import ShopperState
 from recsys.index.build import exact_topk
 from recsys.index.build import recall_at_k as index_recall
 from recsys.metrics import catalog_coverage, ndcg_at_k, recall_at_k
-from recsys.ranker.train import session_features
+from recsys.ranker.train import SearchContext, session_features
 from recsys.ranking import CandidateRanker
 from recsys.retrieval import Retriever
+from recsys.search_eval import evaluate_search
 from recsys.types import RankRequest, RetrievalRequest
 
 
@@ -45,13 +46,16 @@ def _test_session_scores(
     shoppers = ShopperState(
         retriever.history.astype(np.float32), retriever.has_history, ranker.profiles
     )
-    query_texts = loaders.read_queries(data_dir)["query"].tolist()
+    query_texts = loaders.read_queries(data_dir)["query"].astype(str).tolist()
+    search = SearchContext(query_texts, ranker.matcher, retriever.lexical)
+    if ranker.spec is None or ranker.executor is None:
+        raise ValueError("a retrieval-only artifact has no ranker to evaluate on sessions")
     batch = session_features(
         test,
         ranker.table,
         retriever.embeddings,
         query_emb,
-        query_texts,
+        search,
         shoppers,
         ranker.spec.anonymous_user,
     )
@@ -92,19 +96,26 @@ def evaluate(
     exact_items = qrels[qrels["label"] == "E"].groupby("query_id")["item_idx"].apply(np.asarray)
     relevant = [exact_items.get(q, np.zeros(0, np.int64)) for q in queries["query_id"]]
 
-    test, scores = _test_session_scores(artifact, ranker, retriever, data_dir)
-    group, labels = test["session_id"].to_numpy(), test["label"].to_numpy()
-    ndcg = {name: ndcg_at_k(group, labels, s, k=10) for name, s in scores.items()}
+    search = evaluate_search(artifact, retriever, ranker)
+    ndcg: dict[str, float] = {}
+    n_sessions = 0
+    if len(loaders.read_interactions(data_dir, "test", columns=["session_id"])):
+        test, scores = _test_session_scores(artifact, ranker, retriever, data_dir)
+        group, labels = test["session_id"].to_numpy(), test["label"].to_numpy()
+        ndcg = {name: ndcg_at_k(group, labels, s, k=10) for name, s in scores.items()}
+        n_sessions = int(test["session_id"].nunique())
 
-    coverage_lists = _top10_lists(retriever, ranker, query_emb, coverage_users)
+    texts = queries["query"].astype(str).tolist()
+    coverage_lists = _top10_lists(retriever, ranker, query_emb, texts, coverage_users)
     metrics: dict[str, Any] = {
         "artifact_version": artifact.version,
         "n_items": int(retriever.index.ntotal),
         "n_queries": len(queries),
-        "n_test_sessions": int(test["session_id"].nunique()),
+        "n_test_sessions": n_sessions,
         "index": artifact.manifest.reports.get("index", {}).get("factory"),
         "ann_recall_at_100_vs_exact": round(index_recall(ann_ids, exact_ids), 4),
         "retrieval_recall_at_100": round(recall_at_k(list(ann_ids), relevant, 100), 4),
+        "search": search,
         "ndcg_at_10": {name: round(v, 4) for name, v in ndcg.items()},
         "catalog_coverage": round(catalog_coverage(coverage_lists, retriever.index.ntotal), 4),
         "seconds": round(time.perf_counter() - started, 1),
@@ -113,19 +124,25 @@ def evaluate(
 
 
 def _top10_lists(
-    retriever: Retriever, ranker: CandidateRanker, query_emb: np.ndarray, n_users: int
+    retriever: Retriever,
+    ranker: CandidateRanker,
+    query_emb: np.ndarray,
+    texts: list[str],
+    n_users: int,
 ) -> list[np.ndarray]:
     """Top-10 after ranking, for every labelled query and a sample of shoppers."""
     rng = np.random.default_rng(0)
     users = rng.choice(len(retriever.history), min(n_users, len(retriever.history)), replace=False)
-    requests = [RetrievalRequest(n=200, query_vec=q) for q in query_emb]
+    requests = [
+        RetrievalRequest(n=200, query_vec=q, query=t) for q, t in zip(query_emb, texts, strict=True)
+    ]
     requests += [RetrievalRequest(n=200, user_idx=int(u)) for u in users]
     out: list[np.ndarray] = []
     for s in range(0, len(requests), 256):
         chunk = requests[s : s + 256]
         cands = retriever.retrieve(chunk)
         ranks = ranker.score(
-            [RankRequest(c, r.user_idx) for c, r in zip(cands, chunk, strict=True)]
+            [RankRequest(c, r.user_idx, query=r.query) for c, r in zip(cands, chunk, strict=True)]
         )
         out += [c.item_idx[np.argsort(-sc)[:10]] for c, sc in zip(cands, ranks, strict=True)]
     return out

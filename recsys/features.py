@@ -163,9 +163,10 @@ def assemble(
     history_cos: np.ndarray,
     has_query: np.ndarray,
     has_history: np.ndarray,
-    term_coverage: np.ndarray,
+    match: np.ndarray,
 ) -> FeatureBatch:
-    """Rows of model input; every array is length n, aligned with ``item_idx``.
+    """Rows of model input; every array is length n, aligned with ``item_idx``; ``match`` is
+    (n, len(recsys.matching.MATCH_FEATURES)), zero rows without a query.
 
     ``user_idx`` may hold the model's anonymous row (>= the profiles' shopper count): such
     rows get no personal features, like rows with ``has_history`` 0.
@@ -191,7 +192,7 @@ def assemble(
     dense[:, 7] = leaf_aff * has_history
     dense[:, 8] = brand_aff * has_history
     dense[:, 9] = price_gap * has_history
-    dense[:, 10] = term_coverage * has_query
+    dense[:, 10:] = match * has_query[:, None]
     return FeatureBatch(sparse=sparse, dense=dense)
 
 

@@ -11,6 +11,10 @@ QUERY_EMBEDDINGS = "query_embeddings.npy"  # float32 (n_queries, 384), the label
 USER_HISTORY = "user_history.npy"  # float16 (n_users, 384), zero rows: no history
 SHOPPER_PROFILES = "shopper_profiles.npz"  # per-shopper leaf/brand shares and price level
 INDEX = "index.faiss"
+LEXICAL = "lexical"  # bm25s index directory (recsys.index.lexical)
+LEXICAL_META = f"{LEXICAL}/lexical.json"
+QUERY_CATEGORIES = "query_categories.npz"  # query word -> leaf evidence (recsys.matching)
+QUERY_SPLIT = "query_split.parquet"  # labelled queries' train/validation/test assignment
 RANKER_WEIGHTS = "ranker.safetensors"
 RANKER_META = "ranker.json"
 

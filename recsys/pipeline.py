@@ -55,6 +55,7 @@ class PreparedRequest:
             user_idx=self.user_idx if self.decision.personalised else None,
             seed_item=self.seed_item,
             item_filter=self.item_filter,
+            query=self.query,
         )
 
     def rank_query(self) -> RankQuery:

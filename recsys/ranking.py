@@ -7,11 +7,34 @@ import pandas as pd
 
 from recsys import layout
 from recsys.artifacts import Artifact
-from recsys.features import FeatureBatch, ItemFeatureTable, ShopperProfiles, assemble
+from recsys.features import (
+    FeatureBatch,
+    FeatureStats,
+    ItemFeatureTable,
+    ShopperProfiles,
+    assemble,
+)
+from recsys.index.lexical import analyze
+from recsys.matching import QueryCategorizer, QueryMatcher
 from recsys.ranker.executor import LocalExecutor, RankerExecutor
 from recsys.ranker.model import RankerSpec
 from recsys.ranker.weights import load_model, read_meta
 from recsys.types import RankRequest
+
+MATCH_COLUMNS = [
+    "title",
+    "leaf_idx",
+    "brand_idx",
+    "brand",
+    "price",
+    "rating",
+    "popularity",
+    "category_l1",
+    "category_l2",
+    "category_l3",
+    "attributes",
+]
+"""Item columns the ranker's features read."""
 
 
 class CandidateRanker:
@@ -19,34 +42,48 @@ class CandidateRanker:
 
     def __init__(
         self,
-        spec: RankerSpec,
+        spec: RankerSpec | None,
         table: ItemFeatureTable,
         profiles: ShopperProfiles,
-        executor: RankerExecutor,
+        executor: RankerExecutor | None,
+        matcher: QueryMatcher,
     ):
+        """``spec``/``executor`` None: a retrieval-only artifact (no labels, no behaviour to
+        learn from): scores are the retrieval scores, so answers keep the retrieval order."""
         self.spec = spec
         self.table = table
         self.profiles = profiles
         self.executor = executor
+        self.matcher = matcher
 
     @classmethod
     def from_artifact(
         cls, artifact: Artifact, executor: RankerExecutor | None = None, device: str = "cpu"
     ) -> CandidateRanker:
+        items = pd.read_parquet(artifact.path(layout.ITEMS), columns=MATCH_COLUMNS)
+        categorizer = None
+        if layout.QUERY_CATEGORIES in artifact.manifest.files:
+            categorizer = QueryCategorizer.load(artifact.path(layout.QUERY_CATEGORIES))
+        matcher = QueryMatcher.from_items(items, categorizer)
+        profiles = ShopperProfiles.load(artifact.path(layout.SHOPPER_PROFILES))
+        if layout.RANKER_META not in artifact.manifest.files:
+            table = ItemFeatureTable.from_items(items, FeatureStats.fit(items))
+            return cls(None, table, profiles, None, matcher)
         meta = read_meta(artifact.path(layout.RANKER_META))
-        items = pd.read_parquet(
-            artifact.path(layout.ITEMS),
-            columns=["title", "leaf_idx", "brand_idx", "price", "rating", "popularity"],
-        )
         table = ItemFeatureTable.from_items(items, meta.stats)
         if executor is None:
             model = load_model(artifact.path(layout.RANKER_WEIGHTS), meta.spec, device)
             executor = LocalExecutor(model, device)
-        profiles = ShopperProfiles.load(artifact.path(layout.SHOPPER_PROFILES))
-        return cls(meta.spec, table, profiles, executor)
+        return cls(meta.spec, table, profiles, executor, matcher)
+
+    @property
+    def trained(self) -> bool:
+        """False for a retrieval-only artifact (answers in retrieval order)."""
+        return self.executor is not None
 
     def features(self, requests: list[RankRequest]) -> FeatureBatch:
-        users, items, qcos, hcos, hq, hh, cover = [], [], [], [], [], [], []
+        assert self.spec is not None, "a retrieval-only artifact has no ranker features"
+        users, items, qcos, hcos, hq, hh, match = [], [], [], [], [], [], []
         for req in requests:
             c = req.candidates
             n = len(c)
@@ -57,7 +94,7 @@ class CandidateRanker:
             hcos.append(c.history_cos)
             hq.append(np.full(n, float(c.has_query), np.float32))
             hh.append(np.full(n, float(known and c.has_history), np.float32))
-            cover.append(self.coverage(req))
+            match.append(self.match(req))
         return assemble(
             self.table,
             self.profiles,
@@ -67,17 +104,19 @@ class CandidateRanker:
             np.concatenate(hcos),
             np.concatenate(hq),
             np.concatenate(hh),
-            np.concatenate(cover),
+            np.concatenate(match),
         )
 
-    def coverage(self, req: RankRequest) -> np.ndarray:
-        """Query-term coverage of each candidate's title (the seed's title for similar)."""
-        items = req.candidates.item_idx
+    def match(self, req: RankRequest) -> np.ndarray:
+        """Query-item match features of each candidate (the seed's title plays the query)."""
+        c = req.candidates
         if req.query is not None:
-            return self.table.titles.coverage(req.query, items)
+            words = list(c.query_words) or analyze(req.query)
+            return self.matcher.features(words, c.item_idx, c.lexical)
         if req.seed_item is not None:
-            return self.table.titles.item_coverage(req.seed_item, items)
-        return np.zeros(len(items), np.float32)
+            seed_title = self.matcher.titles_of(req.seed_item)
+            return self.matcher.features(seed_title, c.item_idx, None)
+        return self.matcher.features([], c.item_idx, None)
 
     def score(self, requests: list[RankRequest]) -> list[np.ndarray]:
         if not requests:
@@ -85,6 +124,8 @@ class CandidateRanker:
         sizes = [len(r.candidates) for r in requests]
         if sum(sizes) == 0:
             return [np.zeros(0, np.float32) for _ in requests]
+        if self.executor is None:
+            return [r.candidates.score.astype(np.float32) for r in requests]
         batch = self.features(requests)
         logits = self.executor.forward(batch.sparse, batch.dense)
         scores = np.split(logits.astype(np.float32), np.cumsum(sizes)[:-1])

@@ -1,9 +1,18 @@
-"""Candidate retrieval: query / shopper / seed-item vectors -> top-N items, with filters.
+"""Candidate retrieval: query text / vectors, shoppers, seed items -> top-N items, with filters.
 
-Unfiltered requests of a batch share one FAISS search call. A filtered request is searched
-exactly over the matching items when they are few (``filter_exact_max``), otherwise by ANN with
-over-fetch and post-filtering, falling back to the exact scan when post-filtering leaves fewer
-than N. A shopper without history and without a query gets the most popular items.
+Dense side: unfiltered requests of a batch share one FAISS search call. A filtered request is
+searched exactly over the matching items when they are few (``filter_exact_max``), otherwise
+by ANN with over-fetch and post-filtering, falling back to the exact scan when post-filtering
+leaves fewer than N. A shopper without history and without a query gets the most popular
+items.
+
+Lexical side (searches only, when the artifact has a lexical index): BM25 over the whole
+catalog (``recsys.index.lexical``), the filter applied as a mask, so filtered results are
+complete. ``hybrid`` fuses the two top-N lists by reciprocal rank (an item's score is the sum
+over the lists it is on of ``1 / (rrf_k + rank)``): no score calibration between BM25 and
+cosine is needed, and an item both sides agree on comes first. Every search candidate carries
+its cosine to the query and its normalised BM25 score whichever side found it, so the ranker
+sees both.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import pandas as pd
 from recsys import layout
 from recsys.artifacts import Artifact
 from recsys.config import RetrievalConfig
+from recsys.index.lexical import LexicalIndex, top_positive
 from recsys.index.vector_index import VectorIndex
 from recsys.types import Candidates, ItemFilter, RetrievalRequest
 
@@ -61,11 +71,21 @@ class Retriever:
         user_history: np.ndarray,
         attributes: ItemAttributes,
         config: RetrievalConfig,
+        lexical: LexicalIndex | None = None,
+        artifact_mode: str = "dense",
     ):
         if index.ntotal != len(item_embeddings):
             raise ValueError(
                 f"index has {index.ntotal} vectors but there are {len(item_embeddings)} items"
             )
+        mode = artifact_mode if config.mode == "auto" else config.mode
+        if mode != "dense" and lexical is None:
+            raise ValueError(
+                f"retrieval mode {mode!r} needs a lexical index, and this artifact has none "
+                "(rebuild it with `recsys build`, or set retrieval.mode: dense)"
+            )
+        self.mode = mode
+        self.lexical = lexical
         self.index = index
         self.embeddings = item_embeddings
         self.history = user_history
@@ -86,7 +106,15 @@ class Retriever:
         items = pd.read_parquet(
             artifact.path(layout.ITEMS), columns=["leaf_idx", "brand_idx", "price", "popularity"]
         )
-        return cls(index, embeddings, history, ItemAttributes.from_frame(items), config)
+        lexical = None
+        if layout.LEXICAL_META in artifact.manifest.files:
+            lexical_files = [n for n in artifact.manifest.files if n.startswith(layout.LEXICAL)]
+            artifact.verify(lexical_files)
+            lexical = LexicalIndex.load(artifact.root / layout.LEXICAL)
+        mode = str(artifact.manifest.config.get("retrieval_mode", "dense"))
+        return cls(
+            index, embeddings, history, ItemAttributes.from_frame(items), config, lexical, mode
+        )
 
     @property
     def dim(self) -> int:
@@ -111,7 +139,49 @@ class Retriever:
         return hist, hist
 
     def retrieve(self, requests: list[RetrievalRequest]) -> list[Candidates]:
-        """Candidates for each request, in request order."""
+        """Candidates for each request, in request order (the request is not modified)."""
+        dense = self._retrieve_dense(requests) if self.mode != "lexical" else None
+        out = []
+        for i, req in enumerate(requests):
+            if req.query is None or self.lexical is None or req.seed_item is not None:
+                out.append(dense[i] if dense is not None else self._retrieve_dense([req])[0])
+            else:
+                out.append(self._search(req, dense[i] if dense is not None else None))
+        return out
+
+    def _search(self, req: RetrievalRequest, dense: Candidates | None) -> Candidates:
+        """A text search on the lexical side (fused with ``dense`` in hybrid mode)."""
+        assert self.lexical is not None and req.query is not None
+        words = self.lexical.query_words(req.query)
+        mask = None
+        if req.item_filter is not None and not req.item_filter.is_empty():
+            mask = self.attributes.mask(req.item_filter)
+        all_scores = self.lexical.scores(words, mask)
+        ceiling = max(self.lexical.ceiling(words), 1e-6)
+        lex_ids, lex_scores = top_positive(all_scores, req.n)
+        if self.mode == "dense":  # dense candidates, with their BM25 scores as features
+            assert dense is not None
+            ids, scores, source = dense.item_idx, dense.score, dense.source
+        elif dense is None:  # lexical mode
+            if len(lex_ids) == 0:  # nothing matches a word: the dense side answers
+                dense = self._retrieve_dense([req])[0]
+                ids, scores, source = dense.item_idx, dense.score, dense.source
+            else:
+                ids, scores, source = lex_ids, lex_scores, "lexical"
+        else:
+            known = len(words) / max(len(self.lexical.analyze_query(req.query)), 1)
+            weights = [1.0 - (1.0 - self.config.dense_weight_covered) * known, known]
+            ids, scores = reciprocal_rank_fusion(
+                [dense.item_idx, lex_ids], req.n, self.config.rrf_k, weights
+            )
+            source = "hybrid"
+        vec, hist = self.search_vector(req)
+        found = self._candidates(req, ids, scores, vec, hist, source)
+        found.lexical = (all_scores[found.item_idx] / ceiling).astype(np.float32)
+        found.query_words = tuple(self.lexical.analyze_query(req.query))
+        return found
+
+    def _retrieve_dense(self, requests: list[RetrievalRequest]) -> list[Candidates]:
         vectors = [self.search_vector(r) for r in requests]
         out: list[Candidates | None] = [None] * len(requests)
         batch = [
@@ -191,3 +261,27 @@ class Retriever:
             has_history=hist is not None,
             source=source,
         )
+
+
+def reciprocal_rank_fusion(
+    ranked: list[np.ndarray], n: int, k: float = 60.0, weights: list[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse ranked id lists: ``score(item) = sum over lists of w / (k + rank)`` (rank from 1,
+    ``w`` the list's weight, 1 by default).
+
+    Returns the top ``n`` ids and their fused scores, best first; ties keep the order of the
+    first list an item appears in (then item id), so the result is deterministic.
+    """
+    ids = np.concatenate([np.asarray(r, np.int64) for r in ranked])
+    if len(ids) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    weights = weights if weights is not None else [1.0] * len(ranked)
+    contrib = np.concatenate(
+        [w / (k + np.arange(1, len(r) + 1)) for r, w in zip(ranked, weights, strict=True)]
+    )
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    fused = np.bincount(inverse, weights=contrib)
+    first = np.full(len(uniq), len(ids))
+    np.minimum.at(first, inverse, np.arange(len(ids)))
+    order = np.lexsort((first, -fused))[:n]
+    return uniq[order], fused[order].astype(np.float32)

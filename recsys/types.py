@@ -132,6 +132,7 @@ class RetrievalRequest:
     user_idx: int | None = None  # known shopper: personalise with their history vector
     seed_item: int | None = None  # similar-items: the item's own embedding is the query
     item_filter: ItemFilter | None = None
+    query: str | None = None  # the search text (lexical side of hybrid retrieval)
 
 
 @dataclass
@@ -144,7 +145,15 @@ class Candidates:
     history_cos: np.ndarray  # float32 (m,) cosine to the shopper's history (0 without one)
     has_query: bool = False
     has_history: bool = False
-    source: str = "ann"  # ann | exact | popular
+    source: str = "ann"  # dense | lexical | hybrid (+ "+filtered"/"exact") | popular
+    lexical: np.ndarray | None = None  # float32 (m,) BM25 / the query's ceiling, in [0, 1]
+    query_words: tuple[str, ...] = ()  # the query's analysed words, misspellings corrected
+
+    def lexical_scores(self) -> np.ndarray:
+        """Normalised BM25 of each candidate (zeros without a lexical side)."""
+        if self.lexical is None:
+            return np.zeros(len(self.item_idx), np.float32)
+        return self.lexical
 
     def __len__(self) -> int:
         return len(self.item_idx)

@@ -30,7 +30,13 @@ DENSE_FEATURES = (
     "leaf_affinity",
     "brand_affinity",
     "price_gap",
-    "term_coverage",
+    # query-item match (recsys.matching.MATCH_FEATURES, same order)
+    "lexical",
+    "title_coverage",
+    "category_coverage",
+    "stated_match",
+    "stated_conflict",
+    "leaf_probability",
 )
 
 
