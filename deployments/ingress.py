@@ -369,6 +369,9 @@ class Ingress:
 
     @app.get("/v1/version", summary="Artifact version and config hash being served")
     async def version(self) -> dict[str, Any]:
+        quality = self.artifact.quality()
+        if self.config.retrieval.mode != "auto":
+            quality["retrieval_mode"] = self.config.retrieval.mode
         return {
             "artifact_version": self.artifact.version,
             "artifacts": self.config.artifacts,
@@ -376,6 +379,7 @@ class Ingress:
             "variants": self.policy.variants,
             "tp": self.config.topology.tp,
             "recsys_version": __version__,
+            **quality,
         }
 
     @app.post(

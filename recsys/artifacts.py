@@ -145,6 +145,23 @@ class Artifact:
     def version(self) -> str:
         return self.manifest.version
 
+    def quality(self) -> dict[str, Any]:
+        """What serving this artifact gives: retrieval mode and what the ranker learned from
+        (shown by ``recsys build`` and ``/v1/version``, so a degraded artifact says so)."""
+        learned = list(self.manifest.reports.get("ranker", {}).get("trained_on") or [])
+        ranker = {
+            (): "none: no labels and no interactions, answers in retrieval order",
+            ("relevance",): "trained on labelled queries only (no interactions: no "
+            "personalisation)",
+            ("behaviour",): "trained on interactions only (no labelled queries)",
+        }.get(tuple(learned), "trained on labelled queries and interactions")
+        return {
+            "retrieval_mode": self.manifest.config.get("retrieval_mode", "dense"),
+            "ranker": ranker,
+            "ranker_trained_on": learned,
+            "data_source": self.manifest.reports.get("data", {}).get("source", {}),
+        }
+
     @classmethod
     def open(
         cls, uri: str | os.PathLike[str], cache_dir: str | Path = ".cache/artifacts"

@@ -181,20 +181,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{index['param_name']}={index['param_value']} recall@{index['k']}="
         f"{index['recall_at_k']:.3f}; stages {result.seconds}"
     )
-    print(f"ranker: {quality_mode(result.manifest.reports.get('ranker', {}))}")
+    from recsys.artifacts import Artifact
+
+    quality = Artifact.open(str(result.path)).quality()
+    print(f"retrieval: {quality['retrieval_mode']}; ranker: {quality['ranker']}")
     return 0
-
-
-def quality_mode(ranker_report: dict) -> str:
-    """What the artifact's ranker learned from, in words (build output, /v1/version)."""
-    learned = ranker_report.get("trained_on") or []
-    if not learned:
-        return "none: no labels and no interactions, answers in hybrid retrieval order"
-    if learned == ["relevance"]:
-        return "trained on labelled queries only (no interactions: no personalisation)"
-    if learned == ["behaviour"]:
-        return "trained on interactions only (no labelled queries)"
-    return "trained on labelled queries and interactions"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
