@@ -255,6 +255,9 @@ class ShopperProfiles:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(leaf share, brand share, |item price level - shopper price level|) per row."""
         known = (user_idx >= 0) & (user_idx < self.n_users)
+        if self.n_users == 0:  # a catalog without a log: nobody has a profile
+            zeros = np.zeros(len(user_idx), np.float32)
+            return zeros, zeros, zeros
         users = np.where(known, user_idx, 0).astype(np.int64)
         leaf_aff = _lookup(self.leaf_keys, self.leaf_share, users * self.n_leaves + leaf)
         brand_aff = _lookup(self.brand_keys, self.brand_share, users * self.n_brands + brand)

@@ -112,6 +112,8 @@ def evaluate_search(
         test_ids = queries["query_id"].to_numpy()
     if limit is not None:
         test_ids = test_ids[:limit]
+    if len(test_ids) == 0:
+        return {"n_queries": 0, "judgments": "none", "note": "no labelled test queries"}
     judge = Judge.load(data_dir, int(retriever.index.ntotal))
     query_emb = np.load(artifact.path(layout.QUERY_EMBEDDINGS), allow_pickle=False)
     texts = queries["query"].astype(str).to_numpy()

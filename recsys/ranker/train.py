@@ -106,15 +106,20 @@ def session_features(
     qid = frame["query_id"].to_numpy(np.int64)
     has_query = qid >= 0
     query_cos = rowwise_cos(query_embeddings, np.where(has_query, qid, 0), item_embeddings, items)
-    hist_cos = rowwise_cos(shoppers.history, users, item_embeddings, items)
+    known = users < len(shoppers.history)  # a catalog without a log has no shoppers
+    if anonymous is not None:
+        known &= ~anonymous
+    hist_cos = np.zeros(len(items), np.float32)
+    if known.any():
+        hist_cos[known] = rowwise_cos(shoppers.history, users[known], item_embeddings, items[known])
     match = np.zeros((len(items), len(MATCH_FEATURES)), np.float32)
     for qid_value, rows in pd.Series(np.arange(len(qid))[has_query]).groupby(qid[has_query]):
         picked = rows.to_numpy()
         match[picked] = search.match(int(qid_value), items[picked])
-    has_hist = shoppers.has_history[users].copy()
+    has_hist = np.zeros(len(items), bool)
+    has_hist[known] = shoppers.has_history[users[known]]
     if anonymous is not None:
         users = np.where(anonymous, anonymous_user, users)
-        has_hist &= ~anonymous
     return assemble(
         table,
         shoppers.profiles,
