@@ -23,7 +23,6 @@ one is not.
 import asyncio
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
@@ -42,12 +41,14 @@ from deployments.metrics import stage_metrics
 from deployments.payloads import Ranked, Retrieved
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys import __version__
+from recsys.access import AccessControl, AccessMiddleware, access_control
 from recsys.artifacts import Artifact
 from recsys.cache import EmbeddingCache, normalise_query
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
 from recsys.coalesce import Coalescer, QueueFull
 from recsys.config import AppConfig
 from recsys.pipeline import PreparedRequest, new_request_id, prepare, ranked_items
+from recsys.request_ids import pick_request_id
 from recsys.routing import Deadline, RoutingPolicy
 from recsys.types import (
     MAX_K,
@@ -68,8 +69,6 @@ from recsys.warmup import (
     stage_report,
 )
 
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
 access_log = logging.getLogger("recsys.access")
 if not access_log.handlers:
     _handler = logging.StreamHandler(sys.stderr)
@@ -83,6 +82,8 @@ Job = tuple[PreparedRequest, Deadline]
 
 # Set by the ingress replica from its config (one ingress per process).
 LIMITS = {"max_body_bytes": 16_384}
+ACCESS = {"control": AccessControl()}
+"""API keys and rate limit (``recsys.access``), configured by the ingress replica."""
 
 WARMUP_TIMEOUT_S = 1800.0
 """How long a starting ingress waits for the stages to come up and answer its warm-up chain
@@ -110,17 +111,13 @@ def error_response(
 
 
 def serve_request_id(scope: Scope) -> str:
-    """Serve's id of the current request (taken from the client's ``X-Request-ID`` header when
-    given, and returned in that header by Serve's proxy); a fresh one outside Serve."""
+    """Serve's id of the current request (the one its proxy returns in ``X-Request-ID``), the
+    client's single valid header outside Serve, else a fresh one; never an invalid value
+    (``recsys.request_ids``)."""
     from ray.serve.context import _get_serve_request_context
 
     rid = _get_serve_request_context().request_id
-    if rid:
-        return str(rid)
-    for key, value in scope.get("headers", []):
-        if key == b"x-request-id" and _REQUEST_ID_OK.match(value.decode("latin-1")):
-            return value.decode("latin-1")
-    return new_request_id()
+    return pick_request_id(str(rid) if rid else None, scope.get("headers", []))
 
 
 class RequestContextMiddleware:
@@ -163,6 +160,12 @@ class RequestContextMiddleware:
             if len(body) > limit:
                 await self._too_large(scope, receive, send, request_id, limit)
                 return
+        if scope["method"] == "POST" and not body.strip():
+            response = error_response(
+                400, "malformed_json", "request body is empty: send a JSON object", request_id
+            )
+            await response(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -189,6 +192,8 @@ ranker variant that served it, whether it was `degraded` (ranker skipped: retrie
 per-stage timings in ms and a request id (also in the `X-Request-ID` header)."""
 
 app = FastAPI(title="recsys", version=__version__, description=DESCRIPTION)
+# Starlette runs the last added outermost: request id and body limits, then access control.
+app.add_middleware(AccessMiddleware, control=lambda: ACCESS["control"], respond=error_response)
 app.add_middleware(RequestContextMiddleware)
 
 
@@ -243,6 +248,7 @@ class Ingress:
         self.served = 0
         self.config = config
         LIMITS["max_body_bytes"] = config.ingress.max_body_bytes
+        ACCESS["control"] = access_control(config.ingress)
         with self.cold.phase(ARTIFACT_OPEN):
             self.artifact = Artifact.open(config.artifacts, config.cache_dir)
         with self.cold.phase(LOAD):
@@ -374,7 +380,6 @@ class Ingress:
             quality["retrieval_mode"] = self.config.retrieval.mode
         return {
             "artifact_version": self.artifact.version,
-            "artifacts": self.config.artifacts,
             "config_hash": self.config.config_hash(),
             "variants": self.policy.variants,
             "tp": self.config.topology.tp,
@@ -445,6 +450,10 @@ class Ingress:
         request_id = _request_id(request)
         deadline = self.policy.new_deadline()
         self.served += 1
+        if k is not None and k > self.config.ingress.max_k:
+            problem = [{"field": "k", "problem": f"must be <= {self.config.ingress.max_k}"}]
+            resp = error_response(422, "invalid_request", problem, request_id)
+            return self._finish(resp, request_id, route, None, deadline, {})
         try:
             prep = prepare(
                 route,

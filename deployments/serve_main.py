@@ -38,6 +38,8 @@ LOCAL_SERVE_ENV = {
     # a stopping ingress replica waits this long for load balancers to drop it (default 30 s;
     # nothing balances in front of a local instance)
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    # one valid X-Request-ID per request before Serve reads it (recsys.request_ids)
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "recsys.request_ids:proxy_middlewares",
 }
 
 

@@ -343,6 +343,21 @@ class IngressConfig(StrictModel):
     group_queue_limit: int = Field(128, ge=0)
     """Requests one ingress replica lets wait for a free group slot; past it, new requests are
     answered 503 + Retry-After at once (load shedding instead of an unbounded queue)."""
+    max_k: int = Field(100, ge=1, le=1000)
+    """Largest ``k`` a request may ask for (larger: 422 naming ``k``). Retrieval fetches
+    ``max(retrieval.n_candidates, k)`` candidates, so this bounds the work one request buys."""
+    api_keys_env: str | None = Field("RECSYS_API_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Environment variable holding comma-separated API keys (``recsys.access``); the keys
+    themselves never appear in a config. None: read no variable."""
+    api_keys_file: str | None = None
+    """File with one API key per line (else the file ``RECSYS_API_KEYS_FILE`` names, if set);
+    a named file that is missing or empty stops the ingress from starting. With no key from
+    either source the API is open."""
+    rate_limit_per_key_rps: float | None = Field(None, gt=0)
+    """Requests a second each API key (each client address when keys are off) may make per
+    ingress replica; more are answered 429 + ``Retry-After`` (None: no limit)."""
+    rate_limit_burst: int = Field(20, ge=1)
+    """Requests a caller may make at once above its rate (token bucket size)."""
     autoscaling: AutoscalingConfig = AutoscalingConfig(target_ongoing_requests=32)
 
 
@@ -375,7 +390,15 @@ class AppConfig(StrictModel):
     retriever: StageConfig = StageConfig()
     ranker: StageConfig = StageConfig()
     default_k: int = Field(10, ge=1, le=1000)
-    """Items returned when a request does not say ``k``."""
+    """Items returned when a request does not say ``k`` (at most ``ingress.max_k``)."""
+
+    @model_validator(mode="after")
+    def _default_k_allowed(self) -> Self:
+        if self.default_k > self.ingress.max_k:
+            raise ValueError(
+                f"default_k ({self.default_k}) must be <= ingress.max_k ({self.ingress.max_k})"
+            )
+        return self
 
     @classmethod
     def from_file(cls, path: str | Path) -> AppConfig:

@@ -8,13 +8,19 @@ are small dataclasses of numpy arrays, compact to pass between Serve replicas.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_K = 1000
+"""Schema ceiling of ``k``; the served limit is ``ingress.max_k`` (default 100)."""
 MAX_QUERY_CHARS = 1000
+
+StrictK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
+"""``k`` in a JSON body: an integer, never ``true`` or ``"5"``."""
+StrictPrice = Annotated[float, Field(strict=True, ge=0)]
+"""A price in a JSON body: a number (integers too), never ``true`` or ``"9.99"``."""
 
 Route = Literal["search", "recommend", "similar"]
 
@@ -30,8 +36,8 @@ class Filters(ApiModel):
     """Category name at any level (department, category or leaf), case-insensitive."""
     brand: str | None = Field(None, min_length=1, max_length=100)
     """Brand name, case-insensitive."""
-    price_min: float | None = Field(None, ge=0)
-    price_max: float | None = Field(None, ge=0)
+    price_min: StrictPrice | None = None
+    price_max: StrictPrice | None = None
 
     @model_validator(mode="after")
     def _price_order(self) -> Filters:
@@ -54,8 +60,8 @@ class SearchRequest(ApiModel):
     """The shopper's query text (1..1000 characters, not only whitespace)."""
     user_id: str | None = Field(None, min_length=1, max_length=64)
     """Known shopper id for personalisation; omit for an anonymous search."""
-    k: int | None = Field(None, ge=1, le=MAX_K)
-    """Number of items to return (1..1000)."""
+    k: StrictK | None = None
+    """Number of items to return (1..``ingress.max_k``, default 100)."""
     filters: Filters | None = None
 
     @field_validator("query")
@@ -70,7 +76,8 @@ class RecommendRequest(ApiModel):
     """Personal recommendations from a shopper's history, no query."""
 
     user_id: str = Field(min_length=1, max_length=64)
-    k: int | None = Field(None, ge=1, le=MAX_K)
+    k: StrictK | None = None
+    """Number of items to return (1..``ingress.max_k``)."""
 
 
 class Item(ApiModel):
