@@ -28,3 +28,17 @@ SERVING_FILES = (
     RANKER_WEIGHTS,
     RANKER_META,
 )
+
+SERVING_EXTRA = (QUERY_CATEGORIES,)
+"""Files the serving stages open when the artifact has them (query categoriser)."""
+SERVING_DIRS = (LEXICAL,)
+"""Directories the serving stages open whole when the artifact has them (lexical index)."""
+
+
+def is_serving_file(name: str) -> bool:
+    """Whether a replica needs ``name`` to serve (remote artifacts fetch only these up front;
+    build-time and evaluation files -- interactions, ground truth, labelled query vectors,
+    the query split -- stay remote until something asks for them)."""
+    if name in SERVING_FILES or name in SERVING_EXTRA:
+        return True
+    return any(name.startswith(f"{d}/") for d in SERVING_DIRS)
