@@ -71,10 +71,10 @@ class WordSets:
         lengths = stops - starts
         if lengths.sum() == 0:
             return np.zeros(len(items), np.float32)
-        flat = self.words[
-            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
-        ]
         owner = np.repeat(np.arange(len(items)), lengths)
+        # positions of every item's words in ``self.words``, gathered without a Python loop
+        first = np.cumsum(lengths) - lengths
+        flat = self.words[np.arange(int(lengths.sum())) + np.repeat(starts - first, lengths)]
         hits = np.bincount(owner[np.isin(flat, known)], minlength=len(items))
         return (hits / n_words).astype(np.float32)
 

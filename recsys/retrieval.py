@@ -152,7 +152,8 @@ class Retriever:
     def _search(self, req: RetrievalRequest, dense: Candidates | None) -> Candidates:
         """A text search on the lexical side (fused with ``dense`` in hybrid mode)."""
         assert self.lexical is not None and req.query is not None
-        words = self.lexical.query_words(req.query)
+        analysed = self.lexical.analyze_query(req.query)
+        words = self.lexical.indexed(analysed)
         mask = None
         if req.item_filter is not None and not req.item_filter.is_empty():
             mask = self.attributes.mask(req.item_filter)
@@ -169,7 +170,7 @@ class Retriever:
             else:
                 ids, scores, source = lex_ids, lex_scores, "lexical"
         else:
-            known = len(words) / max(len(self.lexical.analyze_query(req.query)), 1)
+            known = len(words) / max(len(analysed), 1)
             weights = [1.0 - (1.0 - self.config.dense_weight_covered) * known, known]
             ids, scores = reciprocal_rank_fusion(
                 [dense.item_idx, lex_ids], req.n, self.config.rrf_k, weights
@@ -178,7 +179,7 @@ class Retriever:
         vec, hist = self.search_vector(req)
         found = self._candidates(req, ids, scores, vec, hist, source)
         found.lexical = (all_scores[found.item_idx] / ceiling).astype(np.float32)
-        found.query_words = tuple(self.lexical.analyze_query(req.query))
+        found.query_words = tuple(analysed)
         return found
 
     def _retrieve_dense(self, requests: list[RetrievalRequest]) -> list[Candidates]:

@@ -198,7 +198,11 @@ class LexicalIndex:
 
     def query_words(self, text: str) -> list[str]:
         """The query's indexed words, misspellings corrected, unknown words dropped."""
-        return [w for w in self.analyze_query(text) if w in self.corrector.frequency]
+        return self.indexed(self.analyze_query(text))
+
+    def indexed(self, words: list[str]) -> list[str]:
+        """The words the index knows (the others match nothing)."""
+        return [w for w in words if w in self.corrector.frequency]
 
     def scores(self, words: list[str], mask: np.ndarray | None = None) -> np.ndarray:
         """BM25 score of every item for the analysed query ``words`` (float32, n_items)."""
