@@ -8,7 +8,8 @@
 
 The serve config goes into spec.serveConfigV2 unchanged except for HTTP bind address/port,
 proxy placement and the artifact URI. Rendering fails if a deployment's replica (or GPU gang)
-fits no worker group.
+fits no worker group. The NetworkPolicy around the Ray pods (ClusterSpec `network`) is written
+beside the manifest, as networkpolicy.yaml.
 
 examples:
   python scripts/render_k8s.py            # rewrite k8s/rayservice.yaml
@@ -33,7 +34,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from recsys.k8s.render import RenderError, manifest_text, render_rayservice  # noqa: E402
+from recsys.k8s.render import (  # noqa: E402
+    RenderError,
+    manifest_text,
+    render_network_policy,
+    render_rayservice,
+)
 from recsys.k8s.spec import ClusterSpec  # noqa: E402
 
 DEFAULT_SERVE_CONFIG = REPO_ROOT / "deployments" / "configs" / "gpu.yaml"
@@ -85,6 +91,23 @@ def render(
         ],
     )
     return manifest, text
+
+
+def network_policy_path(output: Path) -> Path:
+    """Where the NetworkPolicy goes: beside the RayService manifest."""
+    return output.parent / "networkpolicy.yaml"
+
+
+def render_network_policy_text(
+    cluster_path: Path, serve_config_path: Path, output: Path = DEFAULT_OUTPUT
+) -> str:
+    """The text of the NetworkPolicy file (with the generated-file header)."""
+    spec = load_cluster_spec(cluster_path)
+    return manifest_text(
+        render_network_policy(spec),
+        command=command_line(serve_config_path, cluster_path, output),
+        sources=[f"{_display(cluster_path)} (ClusterSpec)"],
+    )
 
 
 def command_line(serve_config_path: Path, cluster_path: Path, output: Path) -> str:
@@ -181,24 +204,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _, text = render(args.serve_config, args.cluster, args.output)
+        policy = render_network_policy_text(args.cluster, args.serve_config, args.output)
     except InputError as error:
         print(f"render_k8s.py: error: {error}", file=sys.stderr)
         return 2
     if args.stdout:
         sys.stdout.write(text)
         return 0
+    files = {args.output: text, network_policy_path(args.output): policy}
     if args.check:
-        problem = check(args.output, text)
-        if problem is None:
-            print(f"{_display(args.output)} is up to date")
+        problems = [p for p in (check(path, t) for path, t in files.items()) if p is not None]
+        if not problems:
+            print(f"{', '.join(_display(p) for p in files)} up to date")
             return 0
-        print(f"render_k8s.py: {problem}", file=sys.stderr)
+        for problem in problems:
+            print(f"render_k8s.py: {problem}", file=sys.stderr)
         command = command_line(args.serve_config, args.cluster, args.output)
         print(f"regenerate with: {command}", file=sys.stderr)
         return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {_display(args.output)}")
+    for path, content in files.items():
+        path.write_text(content)
+        print(f"wrote {_display(path)}")
     return 0
 
 

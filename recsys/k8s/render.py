@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from recsys.artifacts import KEY_ENV as ARTIFACT_KEY_ENV
 from recsys.k8s.spec import (
     DASHBOARD_PORT,
     METRICS_PORT,
@@ -22,6 +23,7 @@ from recsys.k8s.spec import (
     SERVE_PORT,
     ClusterSpec,
     HeadSpec,
+    SecretKeyRef,
     Toleration,
     WorkerGroup,
     parse_quantity,
@@ -39,6 +41,14 @@ AUTOSCALER_METRICS_PORT = 44217
 """The autoscaler's Prometheus port (autoscaler sidecar, in the head pod's network)."""
 DASHBOARD_METRICS_PORT = 44227
 """The dashboard's own Prometheus port on the head."""
+GCS_PORT = 6379
+API_KEYS_ENV = "RECSYS_API_KEYS"
+"""The ingress reads API keys from here (``IngressConfig.api_keys_env``'s default)."""
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "recsys.admission:proxy_middlewares"
+"""Middlewares around Serve's HTTP servers on every node, as locally
+(``deployments.serve_main.LOCAL_SERVE_ENV``): one valid request id per request, the arrival
+stamp, Serve's own errors as JSON."""
 
 Manifest = dict[str, Any]
 
@@ -215,6 +225,7 @@ def _ray_cluster_config(spec: ClusterSpec) -> dict[str, Any]:
     config: dict[str, Any] = {
         "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
+        "authOptions": {"mode": "token" if spec.ray_token_auth else "disabled"},
         "autoscalerOptions": {
             "version": spec.autoscaler.version,
             "idleTimeoutSeconds": spec.autoscaler.idle_timeout_seconds,
@@ -241,10 +252,11 @@ def _ray_cluster_config(spec: ClusterSpec) -> dict[str, Any]:
 
 def _head_group(spec: ClusterSpec) -> dict[str, Any]:
     head: HeadSpec = spec.head
+    # The Ray client port (10001) is not declared, so the head Service does not publish it;
+    # the NetworkPolicy keeps it (and every Ray port) to the cluster's own pods.
     ports = [
-        ("gcs-server", 6379),
+        ("gcs-server", GCS_PORT),
         ("dashboard", DASHBOARD_PORT),
-        ("client", 10001),
         ("serve", SERVE_PORT),
         ("metrics", METRICS_PORT),
         ("as-metrics", AUTOSCALER_METRICS_PORT),
@@ -304,7 +316,24 @@ def _container(
         "imagePullPolicy": spec.image.pull_policy,
         "resources": _resources(cpu, memory, gpus),
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports],
+        "env": _env(spec),
     }
+
+
+def _env(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """Every Ray container's environment: the middlewares around Serve's HTTP servers (proxies
+    run on every node), and the secrets the replicas read, by reference only."""
+    env: list[dict[str, Any]] = [{"name": PROXY_CALLBACK_ENV, "value": PROXY_CALLBACK}]
+    secrets = ((API_KEYS_ENV, spec.api_keys_secret), (ARTIFACT_KEY_ENV, spec.artifact_key_secret))
+    for name, ref in secrets:
+        if ref is not None:
+            env.append({"name": name, "valueFrom": {"secretKeyRef": _secret_ref(ref)}})
+    return env
+
+
+def _secret_ref(ref: SecretKeyRef) -> dict[str, Any]:
+    # optional: false -- a missing Secret keeps the pod from starting instead of serving open
+    return {"name": ref.name, "key": ref.key, "optional": False}
 
 
 def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
@@ -333,6 +362,56 @@ def _pod_template(
         pod["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
     pod["containers"] = [container]
     return {"metadata": {"labels": _labels(spec, component=component)}, "spec": pod}
+
+
+# --------------------------------------------------------------------------------------------
+# NetworkPolicy
+# --------------------------------------------------------------------------------------------
+
+
+def render_network_policy(spec: ClusterSpec) -> Manifest:
+    """The NetworkPolicy around every Ray pod of the RayService (both clusters of a blue/green
+    upgrade): the Serve port from the allowed namespaces, Ray's own ports from the cluster's
+    pods (and the dashboard from the KubeRay operator), metrics from monitoring only."""
+    own_pods = {
+        "matchLabels": {
+            PART_OF_LABEL[0]: PART_OF_LABEL[1],
+            "app.kubernetes.io/instance": spec.name,
+        }
+    }
+    network = spec.network
+    callers: dict[str, Any] = {"namespaceSelector": {}}  # every namespace of the cluster
+    if network.serve_from_namespaces is not None:
+        callers = {"namespaceSelector": {"matchLabels": dict(network.serve_from_namespaces)}}
+
+    def namespace(name: str) -> dict[str, Any]:
+        return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+    def tcp(*ports: int) -> list[dict[str, Any]]:
+        return [{"protocol": "TCP", "port": port} for port in ports]
+
+    metrics = (METRICS_PORT, AUTOSCALER_METRICS_PORT, DASHBOARD_METRICS_PORT)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{spec.name}-ray",
+            "namespace": spec.namespace,
+            "labels": _labels(spec, component="network-policy"),
+        },
+        "spec": {
+            "podSelector": copy.deepcopy(own_pods),
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                # Ray between its own nodes: GCS, raylets, object transfer, workers (dynamic
+                # ports), dashboard and client; nothing outside the cluster reaches these.
+                {"from": [{"podSelector": copy.deepcopy(own_pods)}]},
+                {"from": [callers], "ports": tcp(SERVE_PORT)},
+                {"from": [namespace(network.operator_namespace)], "ports": tcp(DASHBOARD_PORT)},
+                {"from": [namespace(network.monitoring_namespace)], "ports": tcp(*metrics)},
+            ],
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------

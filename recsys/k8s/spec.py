@@ -266,6 +266,24 @@ class UpgradeSpec(StrictModel):
         return self
 
 
+class NetworkSpec(StrictModel):
+    """Who may reach the Ray pods (rendered as a NetworkPolicy, ``k8s/networkpolicy.yaml``).
+
+    Ray's own ports (GCS, dashboard, client, raylet and object transfer) are open only to the
+    cluster's own pods, plus the dashboard to the KubeRay operator (it deploys and polls the
+    Serve applications through it); metrics only to the monitoring namespace; the Serve port
+    to the namespaces below. Needs a CNI that enforces NetworkPolicy (Calico, Cilium, GKE
+    Dataplane V2...)."""
+
+    serve_from_namespaces: dict[str, str] | None = None
+    """Labels of the namespaces whose pods may call the Serve port (e.g.
+    ``{"kubernetes.io/metadata.name": "shop-frontend"}``); None: any namespace in the cluster."""
+    operator_namespace: str = Field("kuberay-system", pattern=_DNS_1123, max_length=63)
+    """Namespace of the KubeRay operator (it calls the head's dashboard)."""
+    monitoring_namespace: str = Field("monitoring", pattern=_DNS_1123, max_length=63)
+    """Namespace of Prometheus (the only one that may scrape metrics ports)."""
+
+
 class ClusterSpec(StrictModel):
     """Everything the RayService needs besides the serve config (``k8s/cluster.yaml``)."""
 
@@ -297,6 +315,18 @@ class ClusterSpec(StrictModel):
     initializing_timeout: str | None = Field(None, pattern=_DURATION)
     """``ray.io/initializing-timeout``: a new RayService that is not ready after this long
     (e.g. ``30m``) is marked failed instead of retrying forever (None: no limit)."""
+    ray_token_auth: bool = True
+    """Ray token authentication (``authOptions.mode: token``): KubeRay keeps the token in a
+    Secret and gives it to every Ray container as ``RAY_AUTH_TOKEN`` with
+    ``RAY_AUTH_MODE=token``, so the dashboard, GCS and client refuse callers without it."""
+    api_keys_secret: SecretKeyRef | None = None
+    """Secret key holding the API keys (comma-separated) the ingress requires, given to the
+    pods as ``RECSYS_API_KEYS`` (None: the API is open to whoever reaches the Serve port)."""
+    artifact_key_secret: SecretKeyRef | None = None
+    """Secret key holding the artifact signing key (``RECSYS_ARTIFACT_KEY``): replicas then
+    refuse unsigned or foreign-signed artifacts."""
+    network: NetworkSpec = NetworkSpec()
+    """The NetworkPolicy around the Ray pods."""
 
     @field_validator("worker_groups")
     @classmethod

@@ -7,6 +7,7 @@ the repository root); those tests skip when the CRDs are not there.
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import json
 import re
@@ -29,6 +30,7 @@ from recsys.k8s.render import (
     RenderError,
     check_capacity,
     prepare_serve_config,
+    render_network_policy,
     render_rayservice,
 )
 from recsys.k8s.rollout import RolloutWatcher, rollout_state, rollout_status
@@ -612,6 +614,11 @@ def test_committed_manifest_is_current() -> None:
     )
     problem = render_k8s.check(render_k8s.DEFAULT_OUTPUT, text)
     assert problem is None, f"{problem}\nregenerate with: python scripts/render_k8s.py"
+    policy = render_k8s.render_network_policy_text(
+        render_k8s.DEFAULT_CLUSTER, render_k8s.DEFAULT_SERVE_CONFIG, render_k8s.DEFAULT_OUTPUT
+    )
+    problem = render_k8s.check(render_k8s.network_policy_path(render_k8s.DEFAULT_OUTPUT), policy)
+    assert problem is None, f"{problem}\nregenerate with: python scripts/render_k8s.py"
 
 
 def test_importing_recsys_k8s_leaves_ray_out() -> None:
@@ -1032,3 +1039,124 @@ def test_watcher_waits_for_stable_outcomes() -> None:
     watcher.observe(failed)
     status, done = watcher.observe(_case("initializing"))
     assert (status.state, done) == ("pending", False)
+
+
+# --------------------------------------------------------------------------------------------
+# Access: Ray token auth, secrets by reference, the request-id guard, the NetworkPolicy
+# --------------------------------------------------------------------------------------------
+
+
+def _containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = _cluster(manifest)
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def _env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_ray_token_auth_and_secrets_reach_every_container(
+    manifest: dict[str, Any], spec: ClusterSpec
+) -> None:
+    assert _cluster(manifest)["authOptions"] == {"mode": "token"}
+    assert spec.api_keys_secret is not None
+    for container in _containers(manifest):
+        env = _env_of(container)
+        ref = env["RECSYS_API_KEYS"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (spec.api_keys_secret.name, spec.api_keys_secret.key)
+        assert ref["optional"] is False  # a missing Secret stops the pod, never serves open
+    off = spec.model_copy(update={"ray_token_auth": False, "api_keys_secret": None})
+    rendered = render_rayservice(SAMPLE_SERVE_CONFIG, off)
+    assert _cluster(rendered)["authOptions"] == {"mode": "disabled"}
+    assert all("RECSYS_API_KEYS" not in _env_of(c) for c in _containers(rendered))
+    data = spec.model_dump(mode="json")
+    data["artifact_key_secret"] = {"name": "recsys-artifact-key", "key": "key"}
+    signed = ClusterSpec.model_validate(data)
+    for container in _containers(render_rayservice(SAMPLE_SERVE_CONFIG, signed)):
+        assert _env_of(container)["RECSYS_ARTIFACT_KEY"]["secretKeyRef"]["name"] == (
+            "recsys-artifact-key"
+        )
+
+
+def test_the_ray_client_port_is_not_published(manifest: dict[str, Any]) -> None:
+    for container in _containers(manifest):
+        assert 10001 not in {p["containerPort"] for p in container["ports"]}
+
+
+def test_every_node_runs_the_local_http_middlewares(manifest: dict[str, Any]) -> None:
+    """Serve's proxies on every pod load the same callback as a local instance, and it puts
+    the request-id guard around Serve's own request-id handling."""
+    from deployments.serve_main import LOCAL_SERVE_ENV
+    from recsys.request_ids import RequestIdGuard
+
+    name = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+    values = {_env_of(c)[name] for c in _containers(manifest)}
+    assert values == {LOCAL_SERVE_ENV[name]}
+    module, _, function = values.pop().partition(":")
+    middlewares = getattr(importlib.import_module(module), function)()
+    assert RequestIdGuard in [m.cls for m in middlewares]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _allowed(
+    policy: dict[str, Any],
+    port: int,
+    namespace: str,
+    pod_labels: dict[str, str],
+) -> bool:
+    """Whether a pod with ``pod_labels`` in ``namespace`` may open ``port`` on a selected pod
+    (NetworkPolicy semantics: any rule whose peers and ports both match allows)."""
+    policy_ns = policy["metadata"]["namespace"]
+    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    for rule in policy["spec"]["ingress"]:
+        ports = rule.get("ports")
+        if ports is not None and port not in {p["port"] for p in ports}:
+            continue
+        for peer in rule.get("from", []):
+            ns_ok = (
+                _selects(peer["namespaceSelector"], ns_labels)
+                if "namespaceSelector" in peer
+                else namespace == policy_ns
+            )
+            pod_ok = _selects(peer["podSelector"], pod_labels) if "podSelector" in peer else True
+            if ns_ok and pod_ok:
+                return True
+    return False
+
+
+def test_network_policy_lets_each_caller_reach_only_its_ports(
+    manifest: dict[str, Any], spec: ClusterSpec
+) -> None:
+    policy = render_network_policy(spec)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    pods = [t["metadata"]["labels"] for t in _pod_templates(manifest)]
+    assert all(_selects(policy["spec"]["podSelector"], labels) for labels in pods)
+    own, ns = pods[0], spec.namespace
+    stranger = {"app": "web"}
+    for port in (6379, 8265, 10001, 8080, 52365, 8000):
+        assert _allowed(policy, port, ns, own), port  # Ray between its own nodes
+    for port in (6379, 8265, 10001, 52365, 8080):
+        assert not _allowed(policy, port, ns, stranger), port  # another app, same namespace
+        assert not _allowed(policy, port, "shop", stranger), port
+    assert _allowed(policy, 8000, "shop", stranger)
+    assert _allowed(policy, 8265, spec.network.operator_namespace, {"app": "kuberay"})
+    assert not _allowed(policy, 6379, spec.network.operator_namespace, {"app": "kuberay"})
+    for port in (8080, 44217, 44227):
+        assert _allowed(policy, port, spec.network.monitoring_namespace, {"app": "prometheus"})
+    assert not _allowed(policy, 8265, spec.network.monitoring_namespace, {"app": "prometheus"})
+    only_shop = spec.model_copy(deep=True)
+    only_shop.network.serve_from_namespaces = {"kubernetes.io/metadata.name": "shop"}
+    narrowed = render_network_policy(only_shop)
+    assert _allowed(narrowed, 8000, "shop", stranger)
+    assert not _allowed(narrowed, 8000, "other", stranger)
+
+
+def _pod_templates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = _cluster(manifest)
+    return [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
