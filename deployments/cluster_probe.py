@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.deployment import Application
 
 from deployments.app import build_app
 from recsys.config import AppConfig
@@ -58,6 +60,27 @@ def disconnect() -> None:
         ray.shutdown()
 
 
+def with_options(application: Application, overrides: Mapping[str, dict[str, Any]]) -> Application:
+    """The same application graph with ``overrides[deployment name]`` applied as
+    ``Deployment.options`` (the experiment's custom autoscaling policy, graceful shutdown)."""
+    bound = application._bound_deployment
+
+    def visit(x: Any) -> Any:
+        if isinstance(x, Application):
+            return with_options(x, overrides)
+        if isinstance(x, dict):
+            return {k: visit(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(visit(v) for v in x)
+        return x
+
+    args = tuple(visit(a) for a in bound.init_args)
+    kwargs = {k: visit(v) for k, v in bound.init_kwargs.items()}
+    if bound.name in overrides:
+        bound = bound.options(**overrides[bound.name])
+    return bound.bind(*args, **kwargs)
+
+
 def deploy(
     app: AppConfig,
     *,
@@ -65,11 +88,16 @@ def deploy(
     host: str = "127.0.0.1",
     proxy_location: str = "HeadOnly",
     name: str = APP_NAME,
+    overrides: Mapping[str, dict[str, Any]] | None = None,
 ) -> None:
     """Start Serve (HTTP proxy where ``proxy_location`` says) and deploy the app; returns
-    once Serve accepted it (replicas may still be starting: wait on HTTP for readiness)."""
+    once Serve accepted it (replicas may still be starting: wait on HTTP for readiness).
+    ``overrides``: deployment options by deployment name (:func:`with_options`)."""
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
-    serve.run(build_app(app), name=name, route_prefix="/", blocking=False)
+    application = build_app(app)
+    if overrides:
+        application = with_options(application, overrides)
+    serve.run(application, name=name, route_prefix="/", blocking=False)
 
 
 def app_status(name: str = APP_NAME) -> str | None:

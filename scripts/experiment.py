@@ -58,6 +58,7 @@ from tqdm import tqdm  # noqa: E402
 
 from recsys.config import AppConfig  # noqa: E402
 from recsys.experiments.cluster_spec import FakeClusterSpec, check_fits, spec_from_k8s  # noqa: E402
+from recsys.experiments.forecast import ScheduledEvent, write_events  # noqa: E402
 from recsys.experiments.local_cluster import (  # noqa: E402
     DEFAULT_STATE_DIR,
     ClusterState,
@@ -76,7 +77,13 @@ from recsys.experiments.policies import (  # noqa: E402
 from recsys.experiments.sampler import Sampler  # noqa: E402
 from recsys.experiments.spec import REQUESTS_FILE, SAMPLES_FILE, ExperimentSpec  # noqa: E402
 from recsys.k8s.spec import ClusterSpec  # noqa: E402
-from recsys.traffic.config import SHAPE_KINDS, TrafficConfig, shape_from_params  # noqa: E402
+from recsys.traffic.config import (  # noqa: E402
+    SHAPE_KINDS,
+    FlashSaleShape,
+    TrafficConfig,
+    shape_from_params,
+)
+from recsys.traffic.shapes import load_change_times  # noqa: E402
 
 SERVE_CONFIG = ROOT / "deployments" / "configs" / "gpu.yaml"
 K8S_CLUSTER = ROOT / "k8s" / "cluster.yaml"
@@ -89,14 +96,42 @@ def _port(text: str) -> int:
     return port
 
 
+def _arrivals(text: str) -> dict[str, float]:
+    """``120`` (every node type) or ``gpu-multi=180,gpu-small=90``."""
+    try:
+        if "=" not in text:
+            return {"*": float(text)}
+        return {k.strip(): float(v) for k, v in (x.split("=") for x in text.split(","))}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --node-arrival-s {text!r}: {exc}") from None
+
+
+SHAPE_DEFAULTS: dict[str, dict[str, float]] = {
+    "step": {"duration": 420.0, "t_up": 60.0, "t_down": 240.0},
+    "flash_sale": {"duration": 540.0, "t_up": 330.0, "t_down": 450.0},
+    "diurnal": {"duration": 540.0},
+    "ramp": {"duration": 600.0},
+    "constant": {"duration": 300.0},
+}
+"""Per-shape defaults: long enough for nodes that take minutes to arrive; a flash sale opens
+late enough to be announced 5 minutes ahead."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/experiment.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--shape", choices=SHAPE_KINDS, required=True, help="load shape")
-    p.add_argument("--duration", type=float, required=True, help="seconds of traffic")
+    p.add_argument(
+        "--shape", choices=SHAPE_KINDS, default="flash_sale", help="load shape (default flash_sale)"
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of traffic (default by shape: step 420, flash_sale and diurnal 540)",
+    )
     p.add_argument("--out", type=Path, required=True, help="result directory")
     p.add_argument(
         "--policy",
@@ -112,23 +147,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rate",
         type=float,
-        default=8.0,
-        help="base load, req/s (step low, ramp start, ...; default 8)",
+        default=0.3,
+        help="base load, req/s (step low, ramp start, diurnal trough, ...; default 0.3)",
     )
     p.add_argument(
-        "--peak", type=float, default=None, help="high load, req/s (step high, ramp end, ...)"
+        "--peak",
+        type=float,
+        default=2.4,
+        help="high load, req/s (step high, ramp end, diurnal crest, sale peak; default 2.4: "
+        "4 gangs at 60%% with the default device time)",
     )
     p.add_argument(
-        "--t-up", type=float, default=None, help="seconds to the rise (default 15%% of --duration)"
+        "--t-up",
+        type=float,
+        default=None,
+        help="seconds to the rise (default: step 60, flash_sale 330, others 15%% of --duration)",
     )
     p.add_argument(
         "--t-down",
         type=float,
         default=None,
-        help="seconds to the fall (default 55%% of --duration)",
+        help="seconds to the fall (default: step 240, flash_sale 450, others 55%% of --duration)",
     )
     p.add_argument("--seed", type=int, default=0, help="traffic seed (default 0)")
-    p.add_argument("--slo-ms", type=float, default=1000.0, help="latency SLO in ms (default 1000)")
+    p.add_argument("--slo-ms", type=float, default=4000.0, help="latency SLO in ms (default 4000)")
     p.add_argument("--window", type=float, default=10.0, help="analysis window, s (default 10)")
     p.add_argument(
         "--timeout", type=float, default=5.0, help="client timeout per request, s (default 5)"
@@ -142,20 +184,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tail",
         type=float,
-        default=150.0,
-        help="max seconds observed after the traffic (default 150)",
+        default=120.0,
+        help="max seconds observed after the traffic (default 120)",
     )
     p.add_argument(
         "--batch", type=int, default=None, help="override max_batch_size of the model stages"
     )
     p.add_argument(
-        "--ranker-batch", type=int, default=None, help="override max_batch_size of the ranker"
+        "--ranker-batch",
+        type=int,
+        default=1,
+        help="override max_batch_size of the ranker (default 1: one request per device call)",
     )
     p.add_argument(
         "--device-ms",
         type=float,
-        default=0.0,
-        help="simulated device time per ranker batch, ms (default 0: off)",
+        default=1000.0,
+        help="simulated device time per ranker batch, ms (default 1000: a gang serves ~1 "
+        "req/s, so a few req/s need several gangs; 0: off)",
     )
     p.add_argument(
         "--ranker-max",
@@ -167,9 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--deadline-ms",
         type=float,
-        default=None,
+        default=4000.0,
         help="override the ingress request deadline (routing.deadline_ms; the ranker gets it "
-        "less the fallback reserve). Default: the profile's",
+        "less the fallback reserve). Default 4000 (room for the simulated device time)",
     )
     p.add_argument("--gpu-small-max", type=int, default=3, help="max gpu-small nodes (default 3)")
     p.add_argument(
@@ -179,7 +225,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="max gpu-multi nodes (default 4, as in production)",
     )
     p.add_argument(
-        "--idle-timeout", type=float, default=20.0, help="node idle timeout, s (default 20)"
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="node idle timeout, s (default: k8s/cluster.yaml's autoscaler idle timeout)",
+    )
+    p.add_argument(
+        "--node-arrival-s",
+        type=_arrivals,
+        default="120",
+        help="seconds from a node's request until it joins: one number for every node type, "
+        "or TYPE=S,TYPE=S (default 120)",
+    )
+    p.add_argument(
+        "--replica-start-s",
+        type=float,
+        default=30.0,
+        help="expected replica start after its node arrives (artifact download + model load; "
+        "the predictive policy's lead is node arrival + this; default 30)",
+    )
+    p.add_argument(
+        "--announce-s",
+        type=float,
+        default=None,
+        help="announce the load's rise (a sale's start) this many seconds ahead to the "
+        "predictive policy (default: unannounced)",
+    )
+    p.add_argument(
+        "--gpu-hour-usd",
+        type=float,
+        default=2.0,
+        help="price per GPU-hour for the cost per million requests (default 2.0)",
+    )
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run although tracked files differ from the commit (recorded in the report)",
     )
     p.add_argument(
         "--port", type=_port, default=8000, help="Serve HTTP port on loopback (default 8000)"
@@ -200,7 +281,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing result in --out")
     p.add_argument("--no-report", action="store_true", help="skip summary and plots")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    defaults = SHAPE_DEFAULTS[args.shape]
+    for key in ("duration", "t_up", "t_down"):
+        if getattr(args, key) is None and key in defaults:
+            setattr(args, key, defaults[key])
+    if isinstance(args.node_arrival_s, str):
+        args.node_arrival_s = _arrivals(args.node_arrival_s)
+    return args
+
+
+def git_state() -> tuple[str, list[str]]:
+    """(full commit, tracked files that differ from it: the code a run depends on)."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    return commit.stdout.strip() or "unknown", [ln[3:] for ln in dirty.stdout.splitlines()]
 
 
 def host_facts() -> dict[str, Any]:
@@ -235,10 +333,15 @@ def build_spec(
         raise SystemExit(f"{SERVE_CONFIG} must keep proxy_location: HeadOnly")
     profile_app = app_config_from_serve_config(serve_config)
     k8s = ClusterSpec.model_validate(yaml.safe_load(K8S_CLUSTER.read_text()))
+    arrivals = {
+        g.name: args.node_arrival_s.get(g.name, args.node_arrival_s.get("*", 0.0))
+        for g in k8s.worker_groups
+    }
     cluster: FakeClusterSpec = spec_from_k8s(
         k8s,
         max_workers={"gpu-small": args.gpu_small_max, "gpu-multi": args.gpu_multi_max},
         idle_timeout_s=args.idle_timeout,
+        arrival_s=arrivals,
     )
     problems = check_fits(serve_config, cluster)
     if problems:
@@ -277,8 +380,18 @@ def build_spec(
         DEPLOYMENT_NAMES["retriever"]: app.retriever.num_gpus,
         DEPLOYMENT_NAMES["ranker"]: app.ranker.num_gpus * tp,
     }
+    commit, dirty = git_state()
+    ranker_share = app.routing.deadline_ms * (1.0 - app.routing.fallback_reserve_share)
     spec = ExperimentSpec(
         name=name,
+        node_arrival_s=arrivals,
+        replica_start_s=args.replica_start_s,
+        announce_s=args.announce_s,
+        usd_per_gpu_hour=args.gpu_hour_usd,
+        ranker_service_s=(args.device_ms / 1000.0) if args.device_ms else None,
+        ranker_budget_s=ranker_share / 1000.0,
+        commit=commit,
+        dirty_files=dirty,
         policy=policy,
         stages=stages,
         config_diff=[(k, a, b) for k, a, b in config_diff(profile_app, app) if k != "artifacts"]
@@ -412,6 +525,60 @@ def observe_tail(sampler: Sampler, app: AppConfig, spec: ExperimentSpec, started
         bar.close()
 
 
+def deployment_overrides(
+    spec: ExperimentSpec, app: AppConfig, events_path: Path
+) -> dict[str, dict[str, Any]]:
+    """Serve options the experiment sets beyond the app config: graceful shutdown of ranker
+    gangs (stop taking requests, finish what they hold within the deadline, then stop) and,
+    for the predictive stages, Serve's custom autoscaling policy."""
+    from deployments.app import autoscaling
+
+    deadline_s = app.routing.deadline_ms / 1000.0
+    overrides: dict[str, dict[str, Any]] = {
+        DEPLOYMENT_NAMES["ranker"]: {
+            "graceful_shutdown_wait_loop_s": 1.0,
+            "graceful_shutdown_timeout_s": max(30.0, 3 * deadline_s),
+        }
+    }
+    lead = max(spec.node_arrival_s.values(), default=0.0) + spec.replica_start_s
+    for stage in spec.policy.predictive:
+        cfg = getattr(app, stage)
+        base = autoscaling(cfg.autoscaling)
+        base["policy"] = {
+            "policy_function": "deployments.predictive_policy:PredictivePolicy",
+            "policy_kwargs": {
+                "capacity_per_replica": cfg.autoscaling.target_ongoing_requests,
+                "lead_s": lead,
+                "min_replicas": cfg.autoscaling.min_replicas,
+                "max_replicas": cfg.autoscaling.max_replicas,
+                "headroom": spec.policy.headroom,
+                "downscale_hold_s": spec.policy.downscale_hold_s,
+                "period_s": getattr(spec.traffic.shape, "period_s", None),
+                "events_file": str(events_path),
+            },
+        }
+        overrides.setdefault(DEPLOYMENT_NAMES[stage], {})["autoscaling_config"] = base
+    return overrides
+
+
+def announced_events(spec: ExperimentSpec, traffic_start_unix: float) -> list[ScheduledEvent]:
+    """The load's rise as an event announced ``spec.announce_s`` ahead (none unannounced)."""
+    if spec.announce_s is None:
+        return []
+    t_up, t_down = load_change_times(spec.traffic.shape, spec.traffic.duration_s)
+    start = getattr(spec.traffic.shape, "t_start", t_up)
+    if start is None:
+        return []
+    end = t_down if isinstance(spec.traffic.shape, FlashSaleShape) else None
+    return [
+        ScheduledEvent(
+            start_unix=traffic_start_unix + start,
+            announced_unix=traffic_start_unix + start - spec.announce_s,
+            end_unix=None if end is None else traffic_start_unix + end,
+        )
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out
@@ -429,8 +596,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"port {args.port} is busy; choose another with --port", file=sys.stderr)
         return 2
     spec, app, _ = build_spec(args, out.name)
+    if spec.dirty_files and not args.allow_dirty:
+        print(
+            f"tracked files differ from commit {spec.commit[:12]}: {spec.dirty_files[:10]}; "
+            "commit them first (a report records the commit it ran) or pass --allow-dirty",
+            file=sys.stderr,
+        )
+        return 2
     spec.write(out)
     scratch = Path(tempfile.mkdtemp(prefix="recsys-experiment-"))
+    events_path = scratch / "events.json"
+    write_events(events_path, [])
     traffic_json = scratch / "traffic.json"
     traffic_json.write_text(spec.traffic.model_dump_json(indent=2))
     cluster = LocalCluster(args.state_dir)
@@ -453,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"[experiment] deploying {spec.profile} profile, policy {spec.policy.name}", flush=True
         )
-        cluster_probe.deploy(app, port=args.port)
+        cluster_probe.deploy(
+            app, port=args.port, overrides=deployment_overrides(spec, app, events_path)
+        )
         answer = wait_http_ready(args.port)
         run.update(
             deploy_s=round(time.time() - t, 1), first_answer_timings_ms=answer.get("timings_ms")
@@ -484,7 +662,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         sampler.start()
         time.sleep(3.0)  # a few samples before the traffic's zero
-        traffic_started = time.time()
+        traffic_started = time.time() + 1.0  # the generator's start-up
+        events = announced_events(spec, traffic_started)
+        write_events(events_path, events)
+        spec = spec.model_copy(update={"events": [e.__dict__ for e in events]})
+        spec.write(out)
         try:
             run_traffic(
                 traffic_command(traffic_json, args.artifacts, out / REQUESTS_FILE, args.client_nice)

@@ -11,9 +11,17 @@ Logical CPU and GPU counts are labels for the scheduler; all compute shares the 
 Everything here is pure: build the spec, render the autoscaler YAML, check that every replica
 fits a node type, and parse what ``ray status`` and the autoscaler report.
 
+Node arrival: a real GPU node takes minutes to join (provisioning, image pull, driver). Each
+node type has an ``arrival_s``; when any is above zero the cluster runs the fake provider
+through ``deployments.cluster_provider.DelayedFakeMultiNodeProvider`` (an *external* provider
+to the autoscaler), which keeps a requested node pending for that long before its raylet
+starts.
+
 Why autoscaler v1: v2 (``RAY_enable_autoscaler_v2=1``) reads the fake provider's defaults file
-``fake_multi_node/example.yaml``, which the pip wheel does not ship, and exits at start. v1 has
-one cluster-wide idle timeout (``idle_timeout_minutes``), no per-type timeouts.
+``fake_multi_node/example.yaml``, which the pip wheel does not ship, and exits at start (the
+external-provider route might avoid that; not tried yet). v1 has one cluster-wide idle timeout
+(``idle_timeout_minutes``), no per-type timeouts: the simulation uses the cluster-wide one of
+``k8s/cluster.yaml`` (``autoscaler.idle_timeout_seconds``), not a group's own.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ class NodeTypeSpec(StrictModel):
     """Nodes of this type the autoscaler keeps at all times."""
     max_workers: int = Field(ge=1)
     """Nodes of this type the autoscaler never goes above."""
+    arrival_s: float = Field(0.0, ge=0)
+    """Seconds from the autoscaler's request until the node joins (0: at once, as the stock
+    fake provider does)."""
     object_store_mb: int = Field(256, ge=64)
     """Object store of each node in MiB (small: the app passes compact arrays, and every fake
     node maps its store in the same ``/dev/shm``)."""
@@ -117,7 +128,8 @@ def spec_from_k8s(
     cluster: ClusterSpec,
     *,
     max_workers: Mapping[str, int] | None = None,
-    idle_timeout_s: float = 20.0,
+    idle_timeout_s: float | None = None,
+    arrival_s: Mapping[str, float] | None = None,
     gcs_port: int = DEFAULT_GCS_PORT,
 ) -> FakeClusterSpec:
     """Mirror the production worker groups (same names, logical CPUs and GPUs, minimums).
@@ -140,8 +152,11 @@ def spec_from_k8s(
                 gpus=group.gpus,
                 min_workers=min(group.min_replicas, cap),
                 max_workers=cap,
+                arrival_s=(arrival_s or {}).get(group.name, 0.0),
             )
         )
+    if idle_timeout_s is None:
+        idle_timeout_s = float(cluster.autoscaler.idle_timeout_seconds)
     return FakeClusterSpec(
         name=cluster.name, worker_types=types, idle_timeout_s=idle_timeout_s, gcs_port=gcs_port
     )
@@ -178,13 +193,7 @@ def render_autoscaler_config(spec: FakeClusterSpec, gcs_address: str) -> dict[st
         "upscaling_speed": spec.upscaling_speed,
         "idle_timeout_minutes": spec.idle_timeout_s / 60.0,
         "docker": {},
-        "provider": {
-            "type": "fake_multinode",
-            "use_node_id_as_ip": True,
-            "disable_node_updaters": True,
-            "disable_launch_config_check": True,
-            "gcs_address": gcs_address,
-        },
+        "provider": _provider(spec, gcs_address),
         "auth": {"ssh_user": "ray"},
         "available_node_types": node_types,
         "head_node_type": HEAD_NODE_TYPE,
@@ -200,6 +209,23 @@ def render_autoscaler_config(spec: FakeClusterSpec, gcs_address: str) -> dict[st
         "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
+
+
+DELAYED_PROVIDER = "deployments.cluster_provider.DelayedFakeMultiNodeProvider"
+
+
+def _provider(spec: FakeClusterSpec, gcs_address: str) -> dict[str, Any]:
+    provider: dict[str, Any] = {
+        "type": "fake_multinode",
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+        "gcs_address": gcs_address,
+    }
+    delays = {t.name: t.arrival_s for t in spec.worker_types if t.arrival_s > 0}
+    if delays:
+        provider.update(type="external", module=DELAYED_PROVIDER, arrival_delay_s=delays)
+    return provider
 
 
 def check_fits(serve_config: Mapping[str, Any], spec: FakeClusterSpec) -> list[str]:

@@ -16,7 +16,7 @@ arguments may differ, and :func:`experiment_app_config` applies exactly these:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -63,6 +63,13 @@ class AutoscalingPolicy(StrictModel):
     """How often replicas and handles report their ongoing requests."""
     stages: dict[Stage, StagePolicy]
     """Per-stage targets and replica bounds; every stage must be named."""
+    predictive: list[Stage] = Field(default_factory=list)
+    """Stages scaled by the predictive policy (``deployments.predictive_policy``) instead of
+    Serve's default one; their target is the load one replica carries."""
+    headroom: float = Field(1.5, ge=1.0)
+    """Predictive stages: capacity asked for over the predicted load."""
+    downscale_hold_s: float = Field(120.0, ge=0)
+    """Predictive stages: scale down only to the largest decision of this many seconds."""
 
     def stage(self, stage: Stage) -> StagePolicy:
         return self.stages[stage]
@@ -78,6 +85,7 @@ def _policy(
     targets: Mapping[Stage, float],
     max_replicas: Mapping[Stage, int],
     min_replicas: Mapping[Stage, int] | None = None,
+    predictive: Sequence[Stage] = (),
 ) -> AutoscalingPolicy:
     return AutoscalingPolicy(
         name=name,
@@ -93,6 +101,7 @@ def _policy(
             )
             for s in STAGES
         },
+        predictive=list(predictive),
     )
 
 
@@ -147,6 +156,18 @@ POLICIES: dict[str, AutoscalingPolicy] = {
         look_back=5.0,
         targets={"ingress": 32, "query_encoder": 8, "retriever": 8, "ranker": 1},
         max_replicas=LOCAL_MAX_REPLICAS,
+    ),
+    "predictive": _policy(
+        "predictive",
+        "ranker gangs asked for one lead time (node arrival + replica start) ahead: the load's "
+        "level and trend, a daily shape once a day was seen, announced events; 1.5x headroom, "
+        "scale-down only to the largest decision of the last 120 s. CPU stages as reactive",
+        up=2.0,
+        down=10.0,
+        look_back=3.0,
+        targets={"ingress": 16, "query_encoder": 4, "retriever": 4, "ranker": 1},
+        max_replicas=LOCAL_MAX_REPLICAS,
+        predictive=("ranker",),
     ),
     "pinned": _policy(
         "pinned",

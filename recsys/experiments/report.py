@@ -323,6 +323,35 @@ class ExperimentSummary(StrictModel):
     """Highest rate of SLO-meeting answers in any window."""
     notes: list[str] = Field(default_factory=list)
     """Anything the analysis could not establish."""
+    time_to_scale_up_s_by_deployment: dict[str, float | None] = Field(default_factory=dict)
+    """Per deployment: from ``t_up`` until its first replica above its count at t=0 was
+    RUNNING (negative: capacity was there before the rise; None: never added)."""
+    slo_recovery_s: float | None = None
+    """From ``t_up`` to the start of the first window after which every window to the end of
+    the traffic has ``p99_slo`` <= SLO (0: never above it; None: not back by the end)."""
+    degraded_share: float | None = None
+    """Degraded answers / sent requests."""
+    degraded_by_reason: dict[str, int] = Field(default_factory=dict)
+    degraded_by_scale_down: int = 0
+    """Degraded answers whose reason says the ranker failed or was unavailable
+    (``ranker_failed``/``ranker_unavailable``): what a gang torn down under load causes. A
+    late ranker (deadline) is counted apart."""
+    requests_without_outcome: int = 0
+    pending_gpu_node_seconds: float = 0.0
+    """Node-seconds of nodes requested but not yet arrived (billed on a real cloud)."""
+    hindsight_gpu_node_seconds: float | None = None
+    """The cheapest per-minute allocation meeting the SLO, from the trace
+    (:mod:`recsys.experiments.hindsight`), over the same cost window."""
+    hindsight_gangs_per_minute: list[int] = Field(default_factory=list)
+    static_peak_gpu_node_seconds: float | None = None
+    """The hindsight allocation's largest minute held for the whole cost window."""
+    gpu_node_seconds_vs_hindsight: float | None = None
+    gpu_node_seconds_vs_static_peak: float | None = None
+    usd_per_gpu_hour: float | None = None
+    cost_per_million_requests: float | None = None
+    """Dollars of GPU-seconds per million sent requests at ``usd_per_gpu_hour``."""
+    commit: str = ""
+    dirty_files: list[str] = Field(default_factory=list)
 
 
 def _int_dict(row: pd.Series | None) -> dict[str, int]:
@@ -460,7 +489,21 @@ def summarize(exp: Experiment) -> ExperimentSummary:
         notes.append(f"{n_sent - with_outcome} sent requests have no outcome")
     lat_answered = latency[answered].to_numpy(dtype=np.float64)
     summary_latency = _latency(lat_answered)
+    extra = _honest_metrics(exp, windows, running, nodes, t_up, gpu_node_seconds, gpu_seconds)
+    reasons = r.loc[degraded, "degraded_reason"].astype(str) if "degraded_reason" in r else None
+    by_reason = (
+        {} if reasons is None else {str(k): int(v) for k, v in reasons.value_counts().items()}
+    )
     return ExperimentSummary(
+        **extra,
+        degraded_share=share(degraded, sent),
+        degraded_by_reason=by_reason,
+        degraded_by_scale_down=sum(
+            v for k, v in by_reason.items() if k in ("ranker_failed", "ranker_unavailable")
+        ),
+        requests_without_outcome=n_sent - with_outcome,
+        commit=spec.commit,
+        dirty_files=spec.dirty_files,
         name=spec.name,
         policy=spec.policy.name,
         shape=spec.traffic.shape.kind,
@@ -521,6 +564,69 @@ def summarize(exp: Experiment) -> ExperimentSummary:
         peak_goodput_rps=_round(goodput, 2),
         notes=notes,
     )
+
+
+def _honest_metrics(
+    exp: Experiment,
+    windows: pd.DataFrame,
+    running: pd.DataFrame,
+    nodes: pd.DataFrame,
+    t_up: float | None,
+    gpu_node_seconds: float,
+    gpu_seconds: float,
+) -> dict[str, Any]:
+    """Per-deployment scale-up, SLO recovery, pending nodes, hindsight/static cost."""
+    from recsys.experiments.hindsight import cost_per_million, hindsight_allocation
+
+    spec = exp.spec
+    out: dict[str, Any] = {"usd_per_gpu_hour": spec.usd_per_gpu_hour}
+    by_dep: dict[str, float | None] = {}
+    if t_up is not None and not running.empty:
+        at_zero = _state_before(running, 0.0)
+        start = running.iloc[0] if at_zero is None else at_zero
+        for name in running.columns:
+            col = running[name]
+            col = col[col.index >= 0]
+            grew = col[col > float(start[name])]
+            by_dep[str(name)] = None if grew.empty else round(float(grew.index[0]) - t_up, 1)
+    out["time_to_scale_up_s_by_deployment"] = by_dep
+    duration = spec.traffic.duration_s
+    if t_up is not None and not windows.empty:
+        after = windows[(windows["t_s"] >= t_up) & (windows["t_s"] + spec.window_s <= duration)]
+        good = (after["p99_slo"] <= spec.slo_ms).to_numpy()
+        if good.size and good[-1]:
+            bad = np.flatnonzero(~good)
+            first = 0 if bad.size == 0 else int(bad[-1]) + 1
+            out["slo_recovery_s"] = round(max(0.0, float(after["t_s"].iloc[first]) - t_up), 1)
+    pending = node_series(exp.samples, "pending_nodes")
+    if not pending.empty:
+        out["pending_gpu_node_seconds"] = round(
+            float(hold_integral(pending, 0.0, spec.cost_window_s).sum()), 1
+        )
+    sent_n = int(exp.requests["sent_s"].notna().sum())
+    out["cost_per_million_requests"] = _round(
+        cost_per_million(gpu_seconds, sent_n, spec.usd_per_gpu_hour), 2
+    )
+    if spec.ranker_service_s and spec.ranker_budget_s:
+        small = [t for t in spec.cluster.worker_types if t.name != "gpu-multi"]
+        multi = [t for t in spec.cluster.worker_types if t.name == "gpu-multi"]
+        alloc = hindsight_allocation(
+            exp.requests["scheduled_s"].to_numpy(dtype=np.float64),
+            spec.cost_window_s,
+            service_s=spec.ranker_service_s,
+            budget_s=spec.ranker_budget_s,
+            fixed_nodes=sum(t.min_workers for t in small),
+            min_gangs=max(1, sum(t.min_workers for t in multi)),
+        )
+        hs, st = alloc.gpu_node_seconds, alloc.static_peak_gpu_node_seconds
+        out.update(
+            hindsight_gpu_node_seconds=round(hs, 1),
+            hindsight_gangs_per_minute=alloc.gangs,
+            static_peak_gpu_node_seconds=round(st, 1),
+            gpu_node_seconds_vs_hindsight=round(gpu_node_seconds / hs, 3) if hs else None,
+            gpu_node_seconds_vs_static_peak=round(gpu_node_seconds / st, 3) if st else None,
+        )
+    return out
 
 
 def _fact_float(facts: Mapping[str, str], key: str) -> float | None:
@@ -739,7 +845,22 @@ def result_rows(s: ExperimentSummary) -> list[tuple[str, str]]:
             "requests sent / with an outcome",
             f"{s.requests_sent} / {s.requests_with_outcome} (scheduled {s.requests_scheduled})",
         ),
-        ("time to scale up (first added replica serving)", fmt_number(s.time_to_scale_up_s, " s")),
+        (
+            "time to scale up (first added replica of any deployment serving)",
+            fmt_number(s.time_to_scale_up_s, " s"),
+        ),
+        (
+            "time to scale up by deployment (from the rise; negative: before it)",
+            ", ".join(
+                f"{k} {fmt_number(v, ' s')}"
+                for k, v in sorted(s.time_to_scale_up_s_by_deployment.items())
+            )
+            or "-",
+        ),
+        (
+            "p99 (SLO view) back under the SLO and staying there, after the rise",
+            fmt_number(s.slo_recovery_s, " s") if s.slo_recovery_s is not None else "no",
+        ),
         ("time to first added worker node", fmt_number(s.time_to_first_node_s, " s")),
         ("time to peak replicas", fmt_number(s.time_to_peak_replicas_s, " s")),
         (
@@ -796,6 +917,26 @@ def result_rows(s: ExperimentSummary) -> list[tuple[str, str]]:
             + f") over {s.cost_window_s:.0f} s",
         ),
         ("cost: GPU-node-seconds / GPU-seconds", f"{s.gpu_node_seconds:.0f} / {s.gpu_seconds:.0f}"),
+        (
+            "GPU-node-seconds: hindsight / static peak (ratio of this run to each)",
+            f"{fmt_number(s.hindsight_gpu_node_seconds, '', 0)} / "
+            f"{fmt_number(s.static_peak_gpu_node_seconds, '', 0)} "
+            f"({fmt_number(s.gpu_node_seconds_vs_hindsight, 'x', 2)} / "
+            f"{fmt_number(s.gpu_node_seconds_vs_static_peak, 'x', 2)})",
+        ),
+        ("node-seconds pending (requested, not yet arrived)", f"{s.pending_gpu_node_seconds:.0f}"),
+        (
+            f"cost per million requests at ${fmt_number(s.usd_per_gpu_hour, '', 2)}/GPU-hour",
+            fmt_number(s.cost_per_million_requests, " $", 2),
+        ),
+        (
+            "degraded share / by reason / caused by scale-down (ranker failed or unavailable)",
+            f"{fmt_share(s.degraded_share)} / "
+            + (", ".join(f"{k} {v}" for k, v in sorted(s.degraded_by_reason.items())) or "-")
+            + f" / {s.degraded_by_scale_down}",
+        ),
+        ("requests without an outcome", str(s.requests_without_outcome)),
+        ("commit", (s.commit[:12] or "?") + (" (dirty)" if s.dirty_files else "")),
         (
             "generator send lag p50 / p99 / max",
             " / ".join(

@@ -59,6 +59,25 @@ class ExperimentSpec(StrictModel):
     """Period of the replica and node samples."""
     port: int = Field(8000, ge=1, le=65535)
     """Serve's HTTP port on the head (loopback)."""
+    node_arrival_s: dict[str, float] = Field(default_factory=dict)
+    """Seconds from a node's request until it joins, by node type."""
+    replica_start_s: float = Field(0.0, ge=0)
+    """Expected replica start (artifact download + model load), part of the predictive
+    policy's lead time."""
+    announce_s: float | None = Field(None, ge=0)
+    """How long before the load's rise the event was announced to the policy (None: not)."""
+    events: list[dict[str, float]] = Field(default_factory=list)
+    """Announced events as given to the policy (unix times)."""
+    usd_per_gpu_hour: float = Field(2.0, gt=0)
+    """Price the cost per million requests is stated at."""
+    ranker_service_s: float | None = Field(None, gt=0)
+    """Device time of one ranker batch of one (the hindsight allocation's capacity model)."""
+    ranker_budget_s: float | None = Field(None, gt=0)
+    """The ranker's share of the deadline (a request through the ranker later is degraded)."""
+    commit: str = ""
+    """The commit the run's code came from."""
+    dirty_files: list[str] = Field(default_factory=list)
+    """Tracked files that differed from the commit (empty unless ``--allow-dirty``)."""
     command: str = ""
     """The command line that reproduces this run."""
     host: dict[str, Any] = Field(default_factory=dict)
