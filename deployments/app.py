@@ -20,6 +20,8 @@ from deployments.retriever import RetrieverDeployment
 from recsys.config import AppConfig, AutoscalingConfig, StageConfig
 
 RANKER_PREFIX = "Ranker"
+ROLLOUT_SURGE_PERCENT = 100
+"""Extra replicas (percent of the target) a rolling update may start before stopping old ones."""
 
 
 def autoscaling(config: AutoscalingConfig) -> dict[str, Any]:
@@ -34,6 +36,9 @@ def stage_options(stage: StageConfig, retry_after_s: int) -> dict[str, Any]:
         "health_check_period_s": stage.health_check_period_s,
         "autoscaling_config": autoscaling(stage.autoscaling),
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
+        # a rollout starts each new replica before it stops the old one: with one replica a
+        # stage never has none (a rollout without a failed request)
+        "max_surge_percent": ROLLOUT_SURGE_PERCENT,
     }
 
 
@@ -78,4 +83,5 @@ def build_app(args: AppConfig) -> Application:
         max_queued_requests=ingress.max_queued_requests,
         autoscaling_config=autoscaling(ingress.autoscaling),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry),
+        max_surge_percent=ROLLOUT_SURGE_PERCENT,
     ).bind(config, encoder, retriever, rankers)

@@ -42,6 +42,13 @@ from deployments.payloads import Ranked, Retrieved
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys import __version__
 from recsys.access import AccessControl, AccessMiddleware, access_control
+from recsys.admission import (
+    AdmissionPolicy,
+    CircuitBreaker,
+    QueueState,
+    Rejection,
+    arrival_monotonic,
+)
 from recsys.artifacts import Artifact
 from recsys.cache import EmbeddingCache, normalise_query
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
@@ -98,9 +105,25 @@ READINESS_TIMEOUT_S = 2.0
 class StageError(Exception):
     """A stage could not answer in time or at all: the request gets a 503."""
 
-    def __init__(self, stage: str, reason: str, detail: str):
+    def __init__(
+        self,
+        stage: str,
+        reason: str,
+        detail: str,
+        *,
+        down: bool = False,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail)
         self.stage, self.reason, self.detail = stage, reason, detail
+        self.down = down
+        """The stage's replica was reported dead or the deployment unavailable."""
+        self.headers = headers
+        """Retry headers of the answer (default: the configured ``Retry-After``)."""
+
+
+DOWN_ERRORS = ("ActorDiedError", "RayActorError", "ActorUnavailableError")
+"""Handle errors that mean the replica itself is gone (its stage's breaker opens at once)."""
 
 
 def error_response(
@@ -261,11 +284,22 @@ class Ingress:
         self.retry_after = {"Retry-After": str(config.routing.retry_after_s)}
         self.query_cache = EmbeddingCache(config.ingress.query_cache_size)
         self._background: set[asyncio.Task[None]] = set()
+        admission = config.ingress.admission
+        self.admission = AdmissionPolicy(
+            admission.max_queue_ms,
+            retry_after_min_ms=admission.retry_after_min_ms,
+            enabled=admission.enabled,
+        )
+        self.breakers = {
+            stage: CircuitBreaker(stage, admission.breaker_failures, admission.breaker_open_s)
+            for stage in ("encode", "retrieve", *(f"rank:{v}" for v in rankers))
+        }
         self.coalescer: Coalescer[Job, tuple[dict, dict]] = Coalescer(
             self._run_group,
             max_batch_size=config.ingress.group_max_size,
             max_in_flight=config.ingress.groups_in_flight,
             max_queued=config.ingress.group_queue_limit,
+            on_dispatch=self._shed_if_late,
         )
         self.stages = {h.deployment_name: h for h in (encoder, retriever, *rankers.values())}
         own_ranker = {v.name for v in config.routing.variants if v.artifacts is None}
@@ -448,7 +482,11 @@ class Ingress:
         self, request: Request, route: Route, k: int | None, **ids: Any
     ) -> JSONResponse:
         request_id = _request_id(request)
-        deadline = self.policy.new_deadline()
+        # the clock starts when the request reached the server (recsys.admission)
+        deadline = Deadline(
+            arrival_monotonic(request.scope.get("headers") or []),
+            self.config.routing.deadline_ms / 1000.0,
+        )
         self.served += 1
         if k is not None and k > self.config.ingress.max_k:
             problem = [{"field": "k", "problem": f"must be <= {self.config.ingress.max_k}"}]
@@ -470,13 +508,17 @@ class Ingress:
             resp = error_response(422, "unknown_filter_value", str(exc), request_id)
             return self._finish(resp, request_id, route, None, deadline, {})
         try:
+            refused = self.admission.on_arrival(deadline.elapsed_ms(), self._queue_state())
+            if refused is not None:
+                raise self._overloaded(refused)
             body, timings = await self._run(prep, deadline)
         except StageError as exc:
             self.metrics.rejected.inc(tags={"stage": exc.stage, "reason": exc.reason})
             status_error = "overloaded" if exc.reason == "overloaded" else "unavailable"
             if exc.reason == "deadline":
                 status_error = "deadline_exceeded"
-            resp = error_response(503, status_error, exc.detail, request_id, self.retry_after)
+            headers = exc.headers or self.retry_after
+            resp = error_response(503, status_error, exc.detail, request_id, headers)
             return self._finish(resp, request_id, route, prep.decision.variant, deadline, {})
         return self._finish(
             JSONResponse(body),
@@ -496,6 +538,19 @@ class Ingress:
         except QueueFull as exc:
             detail = f"ingress is overloaded ({exc}); retry later"
             raise StageError("ingress", "overloaded", detail) from None
+
+    def _queue_state(self) -> QueueState:
+        c = self.coalescer
+        return QueueState(c.queued, c.in_flight, c.max_in_flight, c.max_batch_size)
+
+    @staticmethod
+    def _overloaded(refused: Rejection) -> StageError:
+        return StageError("ingress", "overloaded", refused.detail, headers=refused.headers)
+
+    def _shed_if_late(self, job: Job) -> StageError | None:
+        """Coalescer hook as a group forms: drop a request that queued past the limit."""
+        refused = self.admission.on_dispatch(job[1].elapsed_ms(), self._queue_state())
+        return None if refused is None else self._overloaded(refused)
 
     async def _run_group(self, group: list[Job]) -> list[tuple[dict, dict] | StageError]:
         """encode -> retrieve -> rank for a group, as one chain of responses, one call per
@@ -524,6 +579,11 @@ class Ingress:
             if p.query is not None and vec is None:
                 queries.append(p.query)
         self._count_cache(preps, cached)
+        needed = ["encode", "retrieve"] if queries else ["retrieve"]
+        for stage in needed:  # a stage known to be down is not waited out
+            breaker = self.breakers[stage]
+            if not breaker.allow():
+                return [StageError(stage, "unavailable", breaker.describe()) for _ in group]
         encoded = self.encoder.encode.remote(queries) if queries else None
         retrieved = self.retriever.retrieve.remote(
             [p.retrieval(n, query_vec=vec) for p, vec in zip(preps, cached, strict=True)],
@@ -536,29 +596,36 @@ class Ingress:
             by_variant.setdefault(p.decision.variant, []).append(i)
         ranked: list[Ranked | None] = [None] * len(preps)
         reasons: list[str | None] = [None] * len(preps)
+        ranker_errors: dict[str, StageError] = {}
         started = time.perf_counter()
         budget = self.policy.ranker_budget_s(deadline)
         if budget is None:
             reasons = ["ranker_deadline"] * len(preps)
         else:
-            calls = [
-                self._call(
+            calls = {}
+            for variant, picks in by_variant.items():
+                if not self.breakers[f"rank:{variant}"].allow():  # down: degrade at once
+                    for i in picks:
+                        reasons[i] = "ranker_unavailable"
+                    continue
+                calls[variant] = self._call(
                     self.rankers[variant].rank.remote(
                         [preps[i].rank_query() for i in picks], retrieved, picks
                     ),
                     budget,
                     "rank",
                 )
-                for variant, picks in by_variant.items()
-            ]
-            outcomes = await asyncio.gather(*calls, return_exceptions=True)
-            for picks, outcome in zip(by_variant.values(), outcomes, strict=True):
+            outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
+            for variant, outcome in zip(calls, outcomes, strict=True):
+                picks = by_variant[variant]
                 if isinstance(outcome, StageError):
+                    ranker_errors[variant] = outcome
                     for i in picks:
                         reasons[i] = f"ranker_{outcome.reason}"
                 elif isinstance(outcome, BaseException):
                     raise outcome
                 else:
+                    self.breakers[f"rank:{variant}"].record_success()
                     for i, answer in zip(picks, outcome, strict=True):
                         ranked[i] = answer
         answers: list[tuple[dict, dict] | StageError] = []
@@ -568,7 +635,9 @@ class Ingress:
                 fallback = await self._call(retrieved, deadline.remaining_s(), upstream)
             except StageError as exc:
                 fallback = exc
+        await self._judge_stages(needed, encoded, fallback, ranker_errors)
         chain_ms = (time.perf_counter() - started) * 1000.0
+        self.admission.observe_group(chain_ms)
         for i, (prep, request_deadline) in enumerate(group):
             reason = reasons[i]
             if reason is None:
@@ -603,6 +672,31 @@ class Ingress:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return answers
+
+    async def _judge_stages(
+        self,
+        needed: list[str],
+        encoded: Any,
+        fallback: list[Retrieved] | StageError | None,
+        ranker_errors: dict[str, StageError],
+    ) -> None:
+        """Tell each stage's breaker how its call went: a ranker failed only when retrieval
+        itself answered; when retrieval failed, the encoder did if its own answer failed."""
+        if not isinstance(fallback, StageError):
+            for stage in needed:
+                self.breakers[stage].record_success()
+            for variant, exc in ranker_errors.items():
+                self.breakers[f"rank:{variant}"].record_failure(exc.detail, down=exc.down)
+            return
+        blamed = "retrieve"
+        if encoded is not None:
+            try:
+                await asyncio.wait_for(encoded, timeout=0.05)
+            except Exception:  # the encoder's own answer failed or never came
+                blamed = "encode"
+        self.breakers[blamed].record_failure(fallback.detail, down=fallback.down)
+        if blamed == "encode":
+            fallback.stage = "encode"
 
     def _count_cache(self, preps: list[PreparedRequest], cached: list[np.ndarray | None]) -> None:
         lookups = sum(p.query is not None for p in preps)
@@ -640,10 +734,14 @@ class Ingress:
         except BackPressureError:
             raise StageError(stage, "overloaded", f"{stage} is overloaded; retry later") from None
         except DeploymentUnavailableError as exc:
-            raise StageError(stage, "unavailable", f"{stage} is unavailable: {exc}") from None
+            detail = f"{stage} is unavailable: {exc}"
+            raise StageError(stage, "unavailable", detail, down=True) from None
         except Exception as exc:  # a replica died or raised: answer 503, never hang
             name = type(exc).__name__
             logging.getLogger("ray.serve").warning("%s failed: %r", stage, exc)
+            if name in DOWN_ERRORS:
+                detail = f"{stage} is unavailable (its replica died: {name}); retry later"
+                raise StageError(stage, "unavailable", detail, down=True) from exc
             raise StageError(stage, "failed", f"{stage} failed ({name}); retry later") from exc
 
     def _finish(

@@ -14,7 +14,9 @@ like Triton's dynamic batcher with a bounded number of model instances.
 
 ``max_batch_size=1`` with a large ``max_in_flight`` sends every request on its own (the
 per-request chain), which keeps the stages' ongoing-request counts a request count for
-autoscaling. Pure asyncio; no Ray.
+autoscaling. ``on_dispatch`` may refuse an item as its group forms (it returns the exception
+its caller gets): admission control drops requests that queued too long
+(``recsys.admission``). Pure asyncio; no Ray.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Coalescer(Generic[T, R]):
         max_batch_size: int,
         max_in_flight: int,
         max_queued: int | None = None,
+        on_dispatch: Callable[[T], BaseException | None] | None = None,
     ):
         if max_batch_size < 1 or max_in_flight < 1:
             raise ValueError("max_batch_size and max_in_flight must be >= 1")
@@ -65,6 +68,7 @@ class Coalescer(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
+        self._on_dispatch = on_dispatch
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -104,8 +108,13 @@ class Coalescer(Generic[T, R]):
             group: list[tuple[T, asyncio.Future[R]]] = []
             while self._waiting and len(group) < self.max_batch_size:
                 item, future = self._waiting.popleft()
-                if not future.done():  # skip callers that went away while queued
-                    group.append((item, future))
+                if future.done():  # skip callers that went away while queued
+                    continue
+                refused = self._on_dispatch(item) if self._on_dispatch else None
+                if refused is not None:  # e.g. it queued too long to be worth sending
+                    future.set_exception(refused)
+                    continue
+                group.append((item, future))
             if not group:
                 continue
             self._in_flight += 1

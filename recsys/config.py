@@ -319,6 +319,23 @@ class StageConfig(StrictModel):
         return self
 
 
+class AdmissionConfig(StrictModel):
+    """Admission control and circuit breakers at the ingress (``recsys.admission``)."""
+
+    enabled: bool = True
+    """Refuse at once (503 ``overloaded``) what would queue past ``max_queue_ms``; off: only
+    the queues' own bounds shed load."""
+    max_queue_ms: float = Field(250.0, gt=0)
+    """Longest a request may wait, from its arrival at the server until its group leaves
+    for the stages (measured, and predicted from the groups ahead of it)."""
+    retry_after_min_ms: int = Field(100, ge=0)
+    """Smallest retry hint (``Retry-After-Ms``) of a refusal."""
+    breaker_failures: int = Field(3, ge=1)
+    """Failures in a row after which a stage is treated as down and skipped."""
+    breaker_open_s: float = Field(2.0, gt=0)
+    """How long a stage found down is skipped before one call tries it again."""
+
+
 class IngressConfig(StrictModel):
     """The HTTP front door."""
 
@@ -358,6 +375,8 @@ class IngressConfig(StrictModel):
     ingress replica; more are answered 429 + ``Retry-After`` (None: no limit)."""
     rate_limit_burst: int = Field(20, ge=1)
     """Requests a caller may make at once above its rate (token bucket size)."""
+    admission: AdmissionConfig = AdmissionConfig()
+    """Admission control (load shedding by queue time) and per-stage circuit breakers."""
     autoscaling: AutoscalingConfig = AutoscalingConfig(target_ongoing_requests=32)
 
 

@@ -1,0 +1,196 @@
+"""Admission control, Serve's errors as JSON and circuit breakers: pure, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from recsys.admission import (
+    ARRIVAL_HEADER,
+    AdmissionPolicy,
+    ArrivalStamp,
+    CircuitBreaker,
+    QueueState,
+    ServeErrorsAsJSON,
+    arrival_monotonic,
+    proxy_middlewares,
+)
+from recsys.coalesce import Coalescer
+
+FREE = QueueState(queued=0, in_flight=0, max_in_flight=2, max_batch=16)
+BUSY = QueueState(queued=40, in_flight=2, max_in_flight=2, max_batch=16)
+
+
+def test_arrival_counts_time_already_spent_at_the_server() -> None:
+    headers = [(ARRIVAL_HEADER, b"1000.0")]
+    assert arrival_monotonic(headers, now_monotonic=50.0, now_wall=1000.3) == pytest.approx(49.7)
+    # no stamp, a junk stamp or one from the future: the clock starts now
+    assert arrival_monotonic([], now_monotonic=50.0, now_wall=1000.3) == 50.0
+    assert arrival_monotonic([(ARRIVAL_HEADER, b"nan")], 50.0, 1000.3) == 50.0
+    assert arrival_monotonic([(ARRIVAL_HEADER, b"soon")], 50.0, 1000.3) == 50.0
+    assert arrival_monotonic([(ARRIVAL_HEADER, b"2000")], 50.0, 1000.3) == 50.0
+
+
+def test_arrival_stamp_replaces_a_client_value() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append(scope["headers"])
+
+    scope = {"type": "http", "headers": [(b"x-recsys-arrival", b"1.0"), (b"a", b"b")]}
+    asyncio.run(ArrivalStamp(app)(scope, None, None))
+    stamps = [v for k, v in seen[0] if k == ARRIVAL_HEADER]
+    assert len(stamps) == 1 and float(stamps[0]) > 1e9
+    assert (b"a", b"b") in seen[0]
+
+
+def test_idle_server_admits_and_a_long_wait_is_refused_with_retry_hints() -> None:
+    policy = AdmissionPolicy(max_queue_ms=250, retry_after_min_ms=100)
+    assert policy.on_arrival(5.0, FREE) is None
+    late = policy.on_arrival(400.0, FREE)
+    assert late is not None and late.reason == "queued_too_long"
+    assert late.headers == {"Retry-After": "1", "Retry-After-Ms": "100"}
+    assert (policy.admitted, policy.rejected) == (1, 1)
+
+
+def test_predicted_wait_refuses_at_once_when_the_groups_ahead_take_too_long() -> None:
+    policy = AdmissionPolicy(max_queue_ms=250, initial_group_ms=100.0)
+    # 40 queued = 3 groups of 16 ahead, two slots: ~150 ms; with 50 ms already waited: fine
+    assert policy.predicted_wait_ms(BUSY) == pytest.approx(150.0)
+    assert policy.on_arrival(50.0, BUSY) is None
+    for _ in range(30):  # groups got slower
+        policy.observe_group(300.0)
+    refused = policy.on_arrival(0.0, BUSY)
+    assert refused is not None and refused.reason == "predicted_wait"
+    assert refused.retry_after_ms >= 400  # about the time the queue needs to drain
+    assert refused.headers["Retry-After"] == str(-(-refused.retry_after_ms // 1000))
+
+
+def test_dispatch_drops_what_queued_past_the_limit_and_disabled_admits_everything() -> None:
+    policy = AdmissionPolicy(max_queue_ms=250)
+    assert policy.on_dispatch(100.0, BUSY) is None
+    assert policy.on_dispatch(300.0, BUSY) is not None
+    off = AdmissionPolicy(max_queue_ms=250, enabled=False)
+    assert off.on_arrival(10_000.0, BUSY) is None and off.on_dispatch(10_000.0, BUSY) is None
+    with pytest.raises(ValueError):
+        AdmissionPolicy(max_queue_ms=0)
+
+
+def test_coalescer_on_dispatch_refuses_an_item_and_groups_the_rest() -> None:
+    async def main() -> tuple[list[Any], list[list[int]]]:
+        groups: list[list[int]] = []
+
+        async def run(items: list[int]) -> list[int]:
+            groups.append(items)
+            await asyncio.sleep(0.01)
+            return [i * 10 for i in items]
+
+        refuse = {3}
+        coalescer: Coalescer[int, int] = Coalescer(
+            run,
+            max_batch_size=8,
+            max_in_flight=1,
+            on_dispatch=lambda i: RuntimeError("late") if i in refuse else None,
+        )
+        results = await asyncio.gather(
+            *(coalescer.submit(i) for i in range(5)), return_exceptions=True
+        )
+        return results, groups
+
+    results, groups = asyncio.run(main())
+    assert results[:3] == [0, 10, 20] and results[4] == 40
+    assert isinstance(results[3], RuntimeError)
+    assert groups == [[0], [1, 2, 4]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_failures_in_a_row_then_one_trial_closes_it() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("rank", failure_threshold=3, open_s=2.0, clock=clock)
+    for _ in range(2):
+        breaker.record_failure("timeout")
+    breaker.record_success()  # not in a row
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.record_failure("timeout")
+    assert breaker.state == "open" and not breaker.allow()
+    assert breaker.retry_in_ms() == 2000 and "rank is down" in breaker.describe()
+    clock.now += 2.0
+    assert breaker.allow() and breaker.state == "half_open"
+    assert not breaker.allow()  # one trial at a time
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_breaker_opens_at_once_on_a_dead_replica_and_a_failed_trial_reopens() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("encode", failure_threshold=3, open_s=1.0, clock=clock)
+    breaker.record_failure("ActorDiedError", down=True)
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 1.0
+    assert breaker.allow()
+    breaker.record_failure("still down")
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 1.0  # a trial whose answer never came does not block the stage for good
+    assert breaker.allow()
+    clock.now += 1.0
+    assert breaker.allow()
+    assert breaker.opened_count == 2  # closed -> open, half-open -> open
+
+
+async def _respond(status: int, ctype: bytes, body: bytes, extra: list | None = None) -> list:
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", ctype), (b"x-request-id", b"rid-1"), *(extra or [])]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body[:5], "more_body": True})
+        await send({"type": "http.response.body", "body": body[5:], "more_body": False})
+
+    sent: list = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await ServeErrorsAsJSON(app)({"type": "http", "headers": []}, None, send)
+    return sent
+
+
+def test_serve_backpressure_503_becomes_the_json_error() -> None:
+    sent = asyncio.run(
+        _respond(
+            503,
+            b"text/plain; charset=utf-8",
+            b"Request dropped due to backpressure",
+            [(b"retry-after", b"1")],
+        )
+    )
+    start, body = sent
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and headers[b"content-type"] == b"application/json"
+    assert headers[b"retry-after"] == b"1" and headers[b"retry-after-ms"] == b"1000"
+    payload = json.loads(body["body"])
+    assert payload["error"] == "overloaded" and payload["request_id"] == "rid-1"
+    assert int(headers[b"content-length"]) == len(body["body"])
+
+
+def test_plain_text_404_is_json_and_json_or_success_passes_untouched() -> None:
+    start, body = asyncio.run(_respond(404, b"text/plain", b"Path '/x' not found."))
+    assert json.loads(body["body"])["error"] == "not_found"
+    sent = asyncio.run(_respond(422, b"application/json", b'{"error": "invalid_request"}'))
+    assert len(sent) == 3 and sent[0]["status"] == 422
+    sent = asyncio.run(_respond(200, b"text/plain", b"hello world"))
+    assert len(sent) == 3
+
+
+def test_proxy_middlewares_keep_the_request_id_guard_innermost() -> None:
+    names = [m.cls.__name__ for m in proxy_middlewares()]
+    assert names == ["RequestIdGuard", "ArrivalStamp", "ServeErrorsAsJSON"]
