@@ -85,7 +85,7 @@ class Scenario:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def git_state() -> tuple[str, bool]:
+def git_state() -> tuple[str, list[str]]:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -95,8 +95,8 @@ def git_state() -> tuple[str, bool]:
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    return commit, bool(dirty)
+    ).stdout.splitlines()
+    return commit, [line[3:] for line in dirty if line.strip()]
 
 
 def free_port() -> int:
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     headline = headline_numbers(results)
     doc = {
         "commit": commit,
-        "dirty": dirty,
+        "dirty": dirty,  # tracked files with uncommitted changes when it ran
         "started_unix": round(started, 1),
         "artifacts": args.artifacts,
         "rollout_artifacts": args.rollout_artifacts,
@@ -440,10 +440,11 @@ def report(doc: dict[str, Any]) -> str:
         "sent", "ok", "degraded", "rejected", "failed", "lost", "rejection_p50_ms",
         "rejection_p99_ms", "goodput_rps", "goodput_ratio", "recovery_s", "success_ratio",
     ]  # fmt: skip
+    dirty = f" (uncommitted then: {', '.join(doc['dirty'])})" if doc["dirty"] else ""
     lines = [
         "# Chaos report",
         "",
-        f"Commit `{doc['commit']}`{' (dirty tree)' if doc['dirty'] else ''}; artifact "
+        f"Commit `{doc['commit']}`{dirty}; artifact "
         f"`{doc['artifacts']}` (rollout to `{doc['rollout_artifacts']}`); sustained rate "
         f"{doc['sustained_rate']:g} req/s open loop through the {doc['target']} port; "
         f"{doc['cpus']} cores shared by client and server; "
