@@ -686,7 +686,10 @@ class Ingress:
             for stage in needed:
                 self.breakers[stage].record_success()
             for variant, exc in ranker_errors.items():
-                self.breakers[f"rank:{variant}"].record_failure(exc.detail, down=exc.down)
+                if exc.reason != "overloaded":  # a full queue means alive: not a failure
+                    self.breakers[f"rank:{variant}"].record_failure(exc.detail, down=exc.down)
+            return
+        if fallback.reason == "overloaded":
             return
         blamed = "retrieve"
         if encoded is not None:
