@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -30,7 +33,7 @@ def wands_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     proc = ServeProcess(["--artifacts", str(artifact), "--port", str(port)])
     try:
         proc.wait_banner(timeout_s=480)
-        yield f"http://127.0.0.1:{port}", sample.exact
+        yield f"http://127.0.0.1:{port}", {"exact": sample.exact, "artifact": str(artifact)}
     finally:
         proc.stop()
 
@@ -38,7 +41,8 @@ def wands_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def test_wands_catalog_answers_searches_with_its_exact_products(
     wands_server: tuple[str, dict],
 ) -> None:
-    base, exact = wands_server
+    base, info = wands_server
+    exact = info["exact"]
     with httpx.Client(base_url=base, timeout=30) as client:
         hits = total = 0
         for query, wanted in exact.items():
@@ -67,3 +71,32 @@ def test_wands_version_says_what_the_ranker_learned_from(wands_server: tuple[str
         # a catalog without a behaviour log has no shoppers: a clear 404, not a 500
         r = client.post("/v1/recommend", json={"user_id": "U0000001"})
         assert r.status_code == 404 and r.json()["error"]
+
+
+def test_recsys_query_json_gives_the_served_answer(wands_server: tuple[str, dict]) -> None:
+    base, info = wands_server
+    query = next(iter(info["exact"]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "query",
+            query,
+            "--artifacts",
+            info["artifact"],
+            "--k",
+            "5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    local = json.loads(done.stdout)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        served = client.post("/v1/search", json={"query": query, "k": 5}).json()
+    assert set(local) == set(served)
+    assert [i["item_id"] for i in local["items"]] == [i["item_id"] for i in served["items"]]
+    assert local["artifact_version"] == served["artifact_version"]
