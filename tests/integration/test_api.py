@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -288,6 +290,40 @@ BAD_INPUTS = [
         413,
         "body_too_large",
     ),
+    ("empty body", "post", "/v1/search", {"content": b""}, 400, "malformed_json"),
+    ("k true", "post", "/v1/search", {"json": {"query": "a", "k": True}}, 422, "invalid_request"),
+    (
+        "k numeric string",
+        "post",
+        "/v1/recommend",
+        {"json": {"user_id": "U1", "k": "5"}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "price true",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "filters": {"price_min": True}}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "k above max_k",
+        "post",
+        "/v1/search",
+        {"json": {"query": "a", "k": 101}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "similar k above max_k",
+        "get",
+        "/v1/items/I0000001/similar?k=500",
+        {},
+        422,
+        "invalid_request",
+    ),
     ("unknown route", "get", "/v2/nothing", {}, 404, "not_found"),
     ("wrong method", "get", "/v1/search", {}, 405, "method_not_allowed"),
 ]
@@ -305,7 +341,111 @@ def test_bad_input_gets_a_clear_4xx_json_error(
     assert r.status_code == status, r.text
     body = r.json()
     assert body["error"] == error
-    assert body["detail"] and body["request_id"]
+    assert body["detail"] and body["request_id"] == r.headers["x-request-id"]
+    if name in (
+        "k true",
+        "k numeric string",
+        "price true",
+        "k above max_k",
+        "similar k above max_k",
+    ):
+        assert body["detail"][0]["field"] in ("k", "filters.price_min"), body
+
+
+HOSTILE_IDS: list[tuple[str, list[tuple[bytes, bytes]]]] = [
+    ("10 KB", [(b"x-request-id", b"a" * 10_000)]),
+    ("markup", [(b"x-request-id", b"<script>alert(1)</script>")]),
+    ("utf-8 non-ascii", [(b"x-request-id", "caf\u00e9-1".encode())]),
+    ("not utf-8", [(b"x-request-id", b"\xff\xfe")]),
+    ("two headers", [(b"x-request-id", b"first-id"), (b"x-request-id", b"second-id")]),
+]
+
+
+@pytest.mark.parametrize("headers", [h for _, h in HOSTILE_IDS], ids=[n for n, _ in HOSTILE_IDS])
+def test_hostile_request_ids_are_replaced_and_header_and_body_agree(
+    app: ServeApp, headers: list[tuple[bytes, bytes]]
+) -> None:
+    for method, path, body in (
+        ("POST", "/v1/search", {"query": "sofa", "k": 2}),
+        ("POST", "/v1/search", {"query": "sofa", "k": True}),  # an error answer too
+    ):
+        request = app.client.build_request(method, path, json=body)
+        request.headers = httpx.Headers([*request.headers.raw, *headers])
+        r = app.client.send(request)
+        assert r.headers["content-type"] == "application/json", r.text
+        returned = r.headers.get_list("x-request-id")
+        assert returned == [r.json()["request_id"]], (returned, r.text)
+        assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", returned[0])
+        assert returned[0].encode() not in [v for _, v in headers]
+
+
+def test_head_requests_get_json_errors(app: ServeApp) -> None:
+    for path in ("/v1/search", "/healthz", "/nothing"):
+        r = app.client.head(path)
+        assert r.status_code in (404, 405), (path, r.status_code)
+        assert r.headers["content-type"] == "application/json", path
+        assert r.headers["x-request-id"]
+
+
+def test_version_names_no_artifact_uri(app: ServeApp, tiny_artifact: Path) -> None:
+    v = app.client.get("/v1/version").json()
+    assert "artifacts" not in v
+    assert str(tiny_artifact) not in json.dumps(v) and "://" not in json.dumps(v)
+
+
+def test_api_keys_when_configured(
+    serve_instance: ServeApp, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """A second app whose ingress reads keys from a file (``ingress.api_keys_file``): 401
+    without a valid key, 200 with one (either header), probes open; a per-key rate limit
+    answers 429 + Retry-After."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from recsys.config import IngressConfig
+
+    keys = tmp_path / "keys"
+    keys.write_text("# test keys\nkey-one\nkey-two\n")
+    ingress = IngressConfig(
+        group_max_size=8,
+        groups_in_flight=2,
+        api_keys_file=str(keys),
+        rate_limit_per_key_rps=0.2,
+        rate_limit_burst=3,
+    )
+    serve.run(
+        build_app(app_config(tiny_artifact, ingress=ingress)),
+        name="keyed",
+        route_prefix="/keyed",
+        blocking=False,
+    )
+    client = serve_instance.client
+    try:
+        deadline = time.monotonic() + 240
+        while client.get("/keyed/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "keyed app did not start"
+            time.sleep(1)
+        assert client.get("/keyed/readyz").status_code in (200, 503)  # open either way
+        denied = client.post("/keyed/v1/search", json={"query": "sofa"})
+        assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+        assert denied.json()["request_id"] == denied.headers["x-request-id"]
+        wrong = client.post(
+            "/keyed/v1/search", json={"query": "sofa"}, headers={"X-API-Key": "key-three"}
+        )
+        assert wrong.status_code == 401
+        bearer = {"Authorization": "Bearer key-one"}
+        ok = client.post("/keyed/v1/search", json={"query": "sofa", "k": 2}, headers=bearer)
+        assert ok.status_code == 200, ok.text
+        assert client.get("/keyed/v1/version", headers={"X-API-Key": "key-two"}).status_code == 200
+        answers = [
+            client.get("/keyed/v1/version", headers=bearer) for _ in range(3)
+        ]  # burst 3, one token already spent
+        limited = answers[-1]
+        assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        assert client.get("/keyed/v1/version", headers={"X-API-Key": "key-two"}).status_code == 200
+    finally:
+        serve.delete("keyed")
 
 
 def test_project_metrics_reach_rays_prometheus_endpoint(app: ServeApp) -> None:
