@@ -56,6 +56,8 @@ def test_step_adds_replicas_and_nodes_and_every_request_has_an_outcome(
         "--warmup=5",
         "--tail=60",
         "--idle-timeout=8",
+        "--node-arrival-s=0",  # instant nodes: the delayed provider has its own unit test
+        "--allow-dirty",  # a test runs from whatever tree it is in
         "--gpu-small-max=2",
         "--gpu-multi-max=3",
         "--timeout=5",
