@@ -42,11 +42,6 @@ LOCAL_SERVE_ENV = {
     # X-Request-ID per request (recsys.request_ids), the arrival stamp the deadline counts
     # from, and Serve's plain-text errors as the API's JSON error body (recsys.admission)
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "recsys.admission:proxy_middlewares",
-    # A replaced ingress replica gets the direct-ingress port of the one it replaces (Serve
-    # otherwise holds a freed port out of use for minutes, and the port moved to 30001 after
-    # an ingress kill). A rollout starts the new ingress before stopping the old one, so
-    # there the port does move: the proxy port is the address that never changes.
-    "RAY_SERVE_PORT_QUARANTINE_S": "0",
 }
 
 
@@ -196,8 +191,8 @@ def serve_foreground(
             f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs)\n"
             + (
                 f"[recsys] the same API without the proxy hop (direct ingress, fastest): {direct}\n"
-                "[recsys]   (the ingress replica's own port: kept when the replica restarts, "
-                f"moved when a rollout replaces it; {base} never moves)\n"
+                "[recsys]   (the ingress replica's own port: it changes when Serve replaces the "
+                f"replica, after a crash or a rollout; {base} follows the ingress)\n"
                 if direct
                 else ""
             )
