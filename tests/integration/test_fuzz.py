@@ -31,6 +31,7 @@ def app(serve_instance: ServeApp, tiny_artifact: Path) -> ServeApp:
 def test_fuzzed_requests_never_get_a_5xx_and_errors_are_json(app: ServeApp) -> None:
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
 
     schema = schemathesis.openapi.from_url(f"{app.base}/openapi.json")
     statuses: Counter[int] = Counter()
@@ -64,7 +65,10 @@ def test_fuzzed_requests_never_get_a_5xx_and_errors_are_json(app: ServeApp) -> N
                             f"{response.text[:200]}"
                         )
 
-            send()
+            try:
+                send()
+            except Unsatisfiable:  # nothing to generate (e.g. no invalid form of a bare GET)
+                continue
     total = sum(statuses.values())
     print(f"fuzzed {total} requests: {dict(sorted(statuses.items()))}")
     assert not problems, f"{len(problems)} of {total} bad answers, e.g. {problems[:5]}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.config import AppConfig, IngressConfig, RoutingConfig
+from recsys.config import AdmissionConfig, AppConfig, IngressConfig, RoutingConfig
 from tests.integration.conftest import ServeApp, app_config, small_stage
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,13 @@ def test_coalescing_ingress_sheds_past_its_queue_limit_with_retry_after(
     config = app_config(
         tiny_artifact,
         retriever=small_stage(fault_delay_ms=300),
-        ingress=IngressConfig(group_max_size=4, groups_in_flight=1, group_queue_limit=6),
+        # the queue bound under test, not admission by queue time (20 s: never binds here)
+        ingress=IngressConfig(
+            group_max_size=4,
+            groups_in_flight=1,
+            group_queue_limit=6,
+            admission=AdmissionConfig(max_queue_ms=20_000),
+        ),
     )
     responses, codes = overload_burst(serve_instance, config)
     assert codes.count(200) >= 1 + 6, codes  # one in flight + six queued, at least
