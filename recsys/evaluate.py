@@ -151,7 +151,13 @@ def _top10_lists(
 def markdown_report(metrics: dict[str, Any], command: str) -> str:
     nd = metrics["ndcg_at_10"]
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in nd.items())
+    search = _search_table(metrics.get("search", {}))
     return f"""# Offline evaluation — artifact `{metrics["artifact_version"]}`
+
+Search relevance on held-out labelled queries (`ranked`: the served answer; the others: each
+candidate order alone):
+
+{search}
 
 Catalog: {metrics["n_items"]:,} items, index `{metrics["index"]}`; {metrics["n_queries"]:,} labelled
 queries; {metrics["n_test_sessions"]:,} held-out test sessions (later in time than training).
@@ -176,3 +182,21 @@ Reproduce: `{command}`
 {json.dumps(metrics, indent=2)}
 ```
 """
+
+
+def _search_table(search: dict[str, Any]) -> str:
+    if not search.get("n_queries"):
+        return "(no labelled test queries)"
+    lines = [
+        f"{search['n_queries']} queries, main view: {search['judgments']} judgments.",
+        "",
+        "| view | metric | " + " | ".join(search["ndcg_at_10"]) + " |",
+        "|" + " --- |" * (2 + len(search["ndcg_at_10"])),
+    ]
+    views = [(search["judgments"], search), ("labelled", search["labelled"])]
+    for view, values in views:
+        for metric in ("ndcg_at_10", "recall_at_100_exact"):
+            cells = [values[metric].get(name) for name in search["ndcg_at_10"]]
+            text = " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
+            lines.append(f"| {view} | {metric} | {text} |")
+    return "\n".join(lines)
