@@ -3,7 +3,8 @@
 Thousands of generated requests, valid and invalid (wrong types, missing fields, odd
 strings, huge numbers), against every operation: none may get a 5xx, and every error must
 be a JSON body with an ``error`` code. ``RECSYS_FUZZ_CASES`` sets the number of cases per
-operation and generation mode (default 500: about 6,000 cases over the six operations).
+operation and generation mode (default 1000: over 5,000 cases in all; operations without
+parameters give only a few).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.integration.conftest import ServeApp, app_config
 
 pytestmark = pytest.mark.slow
 
-CASES = int(os.environ.get("RECSYS_FUZZ_CASES", "500"))
+CASES = int(os.environ.get("RECSYS_FUZZ_CASES", "1000"))
 
 
 @pytest.fixture(scope="module")
@@ -72,4 +73,4 @@ def test_fuzzed_requests_never_get_a_5xx_and_errors_are_json(app: ServeApp) -> N
     total = sum(statuses.values())
     print(f"fuzzed {total} requests: {dict(sorted(statuses.items()))}")
     assert not problems, f"{len(problems)} of {total} bad answers, e.g. {problems[:5]}"
-    assert total >= min(5_000, CASES * 10), (total, dict(statuses))
+    assert total >= min(5_000, CASES * 5), (total, dict(statuses))
