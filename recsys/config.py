@@ -144,7 +144,7 @@ class RankerConfig(StrictModel):
     train_window_days: int = Field(30, ge=1)
     """The last days of the train split whose impressions train the ranker; earlier days only
     form the shoppers' history vectors (so a training row never sees its own clicks)."""
-    relevance_weight: float = Field(5.0, ge=0.0)
+    relevance_weight: float = Field(2.0, ge=0.0)
     """Weight of the listwise relevance loss (labelled queries) against the behaviour loss."""
     lists_per_batch: int = Field(32, ge=1)
     """Labelled-query lists per training step."""
@@ -154,9 +154,10 @@ class RankerConfig(StrictModel):
     """Labelled queries held out to pick the best epoch."""
     test_share: float = Field(0.25, ge=0.0, lt=0.9)
     """Labelled queries held out for evaluation (never trained on, also not their sessions)."""
-    anonymous_share: float = Field(0.1, ge=0.0, lt=1.0)
-    """Share of training sessions shown to the model as anonymous (no shopper features), so it
-    also ranks well for shoppers it does not know."""
+    anonymous_share: float | None = Field(None, ge=0.0, lt=1.0)
+    """Share of behaviour sessions shown to the model as anonymous (no shopper features), so it
+    also ranks for shoppers it does not know. None: 0 when labelled queries train the
+    anonymous shopper already (their lists are anonymous searches), else 0.1."""
 
 
 class LexicalConfig(StrictModel):

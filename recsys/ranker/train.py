@@ -200,7 +200,10 @@ def train_ranker(
     sessions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     if window is not None:
         uniq, inverse = np.unique(window["session_id"].to_numpy(), return_inverse=True)
-        anonymous = (rng.random(len(uniq)) < config.anonymous_share)[inverse]
+        share = config.anonymous_share
+        if share is None:
+            share = 0.0 if relevance is not None else 0.1
+        anonymous = (rng.random(len(uniq)) < share)[inverse]
         batch = session_features(
             window, table, *features[:2], search, shoppers, spec.anonymous_user, anonymous
         )
