@@ -32,6 +32,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,7 +55,7 @@ from recsys.cache import EmbeddingCache, normalise_query
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
 from recsys.coalesce import Coalescer, QueueFull
 from recsys.config import AppConfig
-from recsys.pipeline import PreparedRequest, new_request_id, prepare, ranked_items
+from recsys.request import PreparedRequest, new_request_id, prepare, ranked_items
 from recsys.request_ids import pick_request_id
 from recsys.routing import Deadline, RoutingPolicy
 from recsys.types import (
@@ -122,7 +123,7 @@ class StageError(Exception):
         """Retry headers of the answer (default: the configured ``Retry-After``)."""
 
 
-DOWN_ERRORS = ("ActorDiedError", "RayActorError", "ActorUnavailableError")
+DOWN_ERRORS = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "AioRpcError")
 """Handle errors that mean the replica itself is gone (its stage's breaker opens at once)."""
 
 
@@ -742,7 +743,7 @@ class Ingress:
         except Exception as exc:  # a replica died or raised: answer 503, never hang
             name = type(exc).__name__
             logging.getLogger("ray.serve").warning("%s failed: %r", stage, exc)
-            if name in DOWN_ERRORS:
+            if name in DOWN_ERRORS or isinstance(exc, RayActorError):
                 detail = f"{stage} is unavailable (its replica died: {name}); retry later"
                 raise StageError(stage, "unavailable", detail, down=True) from exc
             raise StageError(stage, "failed", f"{stage} failed ({name}); retry later") from exc

@@ -19,7 +19,7 @@ PROFILES = ("local", "gpu")
 
 
 def local_profile() -> AppConfig:
-    def stage(batch: int, max_replicas: int) -> StageConfig:
+    def stage(batch: int, max_replicas: int, min_replicas: int = 1) -> StageConfig:
         return StageConfig(
             num_cpus=0.25,
             max_batch_size=batch,
@@ -28,19 +28,29 @@ def local_profile() -> AppConfig:
             batch_wait_timeout_s=0.0,
             max_queued_requests=64,
             autoscaling=AutoscalingConfig(
-                min_replicas=1, max_replicas=max_replicas, target_ongoing_requests=batch
+                min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=batch
             ),
         )
 
     return AppConfig(
         artifacts="artifacts/demo",
-        query_encoder=stage(16, 2),
-        retriever=stage(16, 1),
+        # two encoder and retriever replicas: a killed one leaves the other answering (a down
+        # ranker only degrades the answer, a down encoder or retriever fails it)
+        query_encoder=stage(16, 2, min_replicas=2),
+        retriever=stage(16, 2, min_replicas=2),
         ranker=stage(16, 2),
         # On 2 cores each hop's fixed CPU cost, not the models, sets the ceiling: send
         # concurrent requests down the chain together (groups grow with the load).
         # (ingress.query_cache_size stays 0: in two runs the app sustained more without it)
-        ingress=IngressConfig(group_max_size=16, groups_in_flight=2),
+        # two ingress replicas: a killed one leaves the other serving (the proxy's retry of
+        # requests lost with it needs a live replica to go to; results/chaos/report.md)
+        ingress=IngressConfig(
+            group_max_size=16,
+            groups_in_flight=2,
+            autoscaling=AutoscalingConfig(
+                min_replicas=2, max_replicas=2, target_ongoing_requests=32
+            ),
+        ),
     )
 
 

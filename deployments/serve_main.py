@@ -45,11 +45,17 @@ LOCAL_SERVE_ENV = {
 }
 
 
-def apply_local_serve_env() -> None:
-    """Put :data:`LOCAL_SERVE_ENV` into this process's environment (values already set win).
-    Call it before Ray is imported: Serve reads these once, at import, in every process."""
+def apply_local_serve_env(config: AppConfig | None = None) -> None:
+    """Put :data:`LOCAL_SERVE_ENV` into this process's environment (values already set win),
+    and with ``config`` the front door's in-flight limit derived from it
+    (``recsys.admission.front_limit``). Call it before Ray is imported: Serve reads these
+    once, at import, in every process."""
+    from recsys.admission import MAX_IN_FLIGHT_ENV, front_limit
+
     for name, value in LOCAL_SERVE_ENV.items():
         os.environ.setdefault(name, value)
+    if config is not None:
+        os.environ.setdefault(MAX_IN_FLIGHT_ENV, str(front_limit(config)))
 
 
 def direct_ingress_enabled(env: Mapping[str, str]) -> bool:
@@ -150,7 +156,7 @@ def serve_foreground(
     config = load_app_config(config_path, artifacts, tp)
     ensure_local_artifacts(config.artifacts)
 
-    apply_local_serve_env()  # before Ray is imported
+    apply_local_serve_env(config)  # before Ray is imported
 
     import ray
     from ray import serve

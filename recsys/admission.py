@@ -181,15 +181,191 @@ async def _send_json(send: Any, start: dict[str, Any], text: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+# ---- the front door: in-flight limit and one retry of a lost request -------------------------
+
+MAX_IN_FLIGHT_ENV = "RECSYS_MAX_IN_FLIGHT"
+"""Environment variable: the in-flight limit of each Serve HTTP server (:class:`InFlightLimit`);
+unset: :func:`front_limit` of the default ``AppConfig``; ``0``: no limit."""
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+"""Never refused nor retried by the front door: probes must see the app as it is."""
+IDEMPOTENT_POSTS = frozenset({"/v1/search", "/v1/recommend"})
+"""POST routes that only read (a second try changes nothing): retried like GETs."""
+RETRY_BODY_LIMIT = 65_536
+"""Larger request bodies are not buffered for a retry."""
+
+
+def front_limit(config: Any) -> int:
+    """In-flight requests one HTTP server lets through to the ingress, from an ``AppConfig``:
+    the requests the ingress replicas run at once (``groups_in_flight`` groups of
+    ``group_max_size`` per replica, times ``min_replicas``) plus as many again waiting for
+    the next groups: an arrival beyond that would wait more than a group time for a slot,
+    which the ingress would refuse anyway, only later (after queueing in Serve)."""
+    ingress = config.ingress
+    slots = ingress.groups_in_flight * ingress.group_max_size
+    replicas = max(1, ingress.autoscaling.min_replicas)
+    return int(min(ingress.max_ongoing_requests, 2 * slots) * replicas)
+
+
+def limit_from_env(env: Any = None) -> int:
+    """The in-flight limit for this process: :data:`MAX_IN_FLIGHT_ENV`, else the default
+    ``AppConfig``'s :func:`front_limit`."""
+    import os
+
+    value = (os.environ if env is None else env).get(MAX_IN_FLIGHT_ENV)
+    if value is not None and value.strip():
+        return max(0, int(value))
+    from recsys.config import AppConfig
+
+    return front_limit(AppConfig())
+
+
+def _scope_request_id(scope: dict[str, Any]) -> str:
+    from recsys.request_ids import client_request_id, new_request_id
+
+    return client_request_id(scope.get("headers") or []) or new_request_id()
+
+
+async def send_overloaded(send: Any, scope: dict[str, Any], detail: str, retry_ms: int) -> None:
+    """A JSON 503 ``overloaded`` with ``Retry-After`` and ``Retry-After-Ms``."""
+    request_id = _scope_request_id(scope)
+    body = json.dumps({"error": "overloaded", "detail": detail, "request_id": request_id}).encode()
+    headers = [
+        (b"x-request-id", request_id.encode("ascii")),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(max(1, math.ceil(retry_ms / 1000.0))).encode()),
+        (RETRY_AFTER_MS_HEADER.lower().encode(), str(retry_ms).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class InFlightLimit:
+    """ASGI middleware for Serve's HTTP servers: at most ``max_in_flight`` API requests at once
+    in this server; the next one is answered a JSON 503 ``overloaded`` at once, before Serve
+    queues it anywhere (probes pass; ``0``: no limit). The ingress's own admission (queue
+    time) stays behind it for what gets through."""
+
+    def __init__(self, app: Any, max_in_flight: int | None = None, retry_after_ms: int = 1000):
+        self.app = app
+        self.max_in_flight = limit_from_env() if max_in_flight is None else max_in_flight
+        self.retry_after_ms = retry_after_ms
+        self.in_flight = 0
+        self.refused = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (
+            scope.get("type") != "http"
+            or not self.max_in_flight
+            or scope.get("path") in PROBE_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            self.refused += 1
+            detail = (
+                f"{self.in_flight} requests in flight (limit {self.max_in_flight}): "
+                "the server is overloaded; retry later"
+            )
+            await send_overloaded(send, scope, detail, self.retry_after_ms)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def is_idempotent(scope: dict[str, Any]) -> bool:
+    method = scope.get("method", "")
+    path = scope.get("path", "")
+    if path in PROBE_PATHS:
+        return False
+    return method in ("GET", "HEAD") or (method == "POST" and path in IDEMPOTENT_POSTS)
+
+
+class RetryLostRequest:
+    """ASGI middleware for Serve's proxy: an idempotent request (GET, HEAD, the read-only POST
+    routes) answered Serve's own plain-text 500 (what the proxy sends for a request in
+    flight on an ingress replica that died) is sent again, up to ``retries`` times, after
+    ``delay_s``; Serve's router picks a live replica. The app's own errors are JSON and
+    pass through; nothing is retried once any of the answer has gone out."""
+
+    def __init__(self, app: Any, retries: int = 2, delay_s: float = 0.05):
+        self.app = app
+        self.retries = retries
+        self.delay_s = delay_s
+        self.retried = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or not self.retries or not is_idempotent(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # buffer the body, to replay it
+            message = await receive()
+            if message["type"] != "http.request":  # disconnected: nothing to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if not message.get("more_body", False):
+                break
+            if size > RETRY_BODY_LIMIT:
+                break
+        more = size > RETRY_BODY_LIMIT
+        body = b"".join(chunks)
+        import asyncio
+
+        for attempt in range(self.retries + 1):
+            replayed = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": more}
+                return dict(await receive())
+
+            last = attempt == self.retries or more
+            lost = False
+
+            async def guarded_send(message: dict[str, Any], last: bool = last) -> None:
+                nonlocal lost
+                if lost:
+                    return  # the body of the plain-text 500 being retried
+                if message["type"] == "http.response.start" and not last:
+                    headers = message.get("headers") or []
+                    ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                    if message["status"] == 500 and b"json" not in ctype.lower():
+                        lost = True
+                        return
+                await send(message)
+
+            await self.app(scope, replay, guarded_send)
+            if not lost:
+                return
+            self.retried += 1
+            await asyncio.sleep(self.delay_s * (attempt + 1))
+
+
 def proxy_middlewares() -> list[Any]:
-    """Serve's HTTP server callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the request
-    id guard (``recsys.request_ids``) inside, then the arrival stamp, then Serve's errors as
-    JSON outermost (Serve wraps the later ones around the earlier)."""
+    """Serve's HTTP server callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``), innermost
+    first (Serve wraps the later ones around the earlier): the request id guard
+    (``recsys.request_ids``), one retry of an idempotent request lost with its replica,
+    the arrival stamp (so the clock counts from the first try), the in-flight limit, and
+    Serve's errors as JSON outermost."""
     from starlette.middleware import Middleware
 
     from recsys.request_ids import proxy_middlewares as request_id_middlewares
 
-    return [*request_id_middlewares(), Middleware(ArrivalStamp), Middleware(ServeErrorsAsJSON)]
+    return [
+        *request_id_middlewares(),
+        Middleware(RetryLostRequest),
+        Middleware(ArrivalStamp),
+        Middleware(InFlightLimit),
+        Middleware(ServeErrorsAsJSON),
+    ]
 
 
 # ---- admission ------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ DEPLOYMENT_OF = {
     "kill_ingress": "Ingress",
 }
 BURST_S = 10.0
+CAPACITY_PROBE_RPS = 250.0
+CAPACITY_PROBE_S = 12.0
+SUSTAINED_SHARE = 0.6
+"""Sustained rate as a share of the measured capacity: headroom for the client on the same
+cores and for the kills (a killed replica's work moves to the others)."""
 
 
 @dataclass
@@ -156,6 +161,23 @@ def kill_gang_rank() -> str:
         raise RuntimeError("the ranker has no gang worker (tp=1?)")
     os.kill(pids[0], signal.SIGKILL)
     return f"rank worker pid {pids[0]}"
+
+
+def serve_rss_mb() -> dict[str, float]:
+    """Resident memory (MB) of Serve's proxy and of each ingress replica, by process title."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        mem = proc.info.get("memory_info")
+        if mem is None:
+            continue
+        if cmd.startswith("ray::ProxyActor"):
+            out["proxy"] = round(mem.rss / 2**20, 1)
+        elif cmd.startswith("ray::ServeReplica:recsys:Ingress"):
+            out[f"ingress_{proc.pid}"] = round(mem.rss / 2**20, 1)
+    return out
 
 
 def probe_until_up(url: str, started: float, limit_s: float, out: dict[str, Any]) -> None:
@@ -282,9 +304,14 @@ def run_scenario(
         timer.daemon = True
         timer.start()
         threads.append(timer)
+    rss_before = serve_rss_mb() if scenario.burst else None
     result = asyncio.run(run_async(schedule, config, progress=False, request_id_prefix="chaos"))
     for t in threads:
         t.join(300)
+    if rss_before is not None:
+        time.sleep(5.0)  # memory after the burst has drained, not during it
+        facts["rss_mb_before"] = rss_before
+        facts["rss_mb_after"] = serve_rss_mb()
     write_records(result, out_dir / f"{scenario.name}.parquet", config)
     summary = summarise(result.records, scenario, rate)
     summary.update(facts, **scenario.facts, client_cpu_s=round(result.client_cpu_s, 1))
@@ -310,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--artifacts", default="artifacts/demo")
     p.add_argument("--rollout-artifacts", help="another artifact version for the rollout")
-    p.add_argument("--rate", type=float, default=25.0, help="sustained arrival rate (req/s)")
+    p.add_argument(
+        "--rate",
+        default="auto",
+        help="sustained arrival rate (req/s), or auto: measure capacity first (an open-loop "
+        f"overload of {CAPACITY_PROBE_RPS:g} req/s for {CAPACITY_PROBE_S:g} s; goodput = capacity) "
+        f"and run at {SUSTAINED_SHARE:g} of it",
+    )
     p.add_argument("--duration", type=float, default=40.0, help="seconds per scenario")
     p.add_argument("--target", choices=("proxy", "direct"), default="proxy")
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -334,13 +367,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the rollout scenario needs --rollout-artifacts (another artifact version)")
     duration = 25.0 if args.quick else args.duration
 
+    from deployments.profiles import local_profile
     from deployments.serve_main import apply_local_serve_env, direct_ingress_port
 
-    apply_local_serve_env()
+    config = local_profile()
+    config.artifacts = args.artifacts
+    apply_local_serve_env(config)  # the front door's in-flight limit from this config
     import ray
     from ray import serve
 
-    from deployments.profiles import local_profile
     from recsys.traffic import SamplingConfig
     from recsys.traffic.schedule import Workload
 
@@ -352,10 +387,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = local_profile()
-        config.artifacts = args.artifacts
         deploy(config, base)
         workload = Workload.from_artifact(args.artifacts, SamplingConfig())
+        capacity = None
+        if args.rate == "auto":
+            probe = Scenario("capacity", CAPACITY_PROBE_S, fault_at_s=0.0)
+            measured = run_scenario(
+                probe, base, None, CAPACITY_PROBE_RPS, workload, 99, None, args.out
+            )
+            capacity = (measured["ok"] + measured["degraded"]) / CAPACITY_PROBE_S
+            args.rate = round(SUSTAINED_SHARE * capacity, 1)
+            print(f"[chaos] capacity {capacity:.1f} req/s -> sustained {args.rate:g} req/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            results["capacity"] = {**measured, "capacity_rps": round(capacity, 1)}
+            time.sleep(3)
+        args.rate = float(args.rate)
         for i, name in enumerate(names):
             direct_port = direct_ingress_port("recsys", port)
             direct = f"http://127.0.0.1:{direct_port}" if direct_port else None
@@ -405,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "artifacts": args.artifacts,
         "rollout_artifacts": args.rollout_artifacts,
         "sustained_rate": args.rate,
+        "front_max_in_flight": os.environ.get("RECSYS_MAX_IN_FLIGHT"),
         "target": args.target,
         "quick": args.quick,
         "cpus": os.cpu_count(),
@@ -420,12 +467,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def headline_numbers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     kills = [r["success_ratio"] for n, r in results.items() if n in KILLS]
-    rej = [r["rejection_p99_ms"] for r in results.values() if r.get("rejection_p99_ms")]
+    rej = [
+        r["rejection_p99_ms"]
+        for n, r in results.items()
+        if r.get("rejection_p99_ms") and n != "capacity"
+    ]
     rollout = results.get("rollout", {})
     return {
         "goodput_ratio_3x": results.get("burst_3x", {}).get("goodput_ratio"),
         "rejection_p99_ms": max(rej) if rej else None,
-        "lost": sum(r["lost"] for r in results.values()),
+        "lost": sum(r["lost"] for n, r in results.items() if n != "capacity"),
+        "rejection_p99_ms_3x": results.get("burst_3x", {}).get("rejection_p99_ms"),
+        "rejection_p99_ms_10x": results.get("burst_10x", {}).get("rejection_p99_ms"),
+        "goodput_ratio_10x": results.get("burst_10x", {}).get("goodput_ratio"),
         "kill_success_ratio_min": min(kills) if kills else None,
         "rollout_failed": rollout.get("failed", 0) + rollout.get("lost", 0) if rollout else None,
         "rollout_version_ok": (
@@ -446,7 +500,8 @@ def report(doc: dict[str, Any]) -> str:
         "",
         f"Commit `{doc['commit']}`{dirty}; artifact "
         f"`{doc['artifacts']}` (rollout to `{doc['rollout_artifacts']}`); sustained rate "
-        f"{doc['sustained_rate']:g} req/s open loop through the {doc['target']} port; "
+        f"{doc['sustained_rate']:g} req/s open loop (front in-flight limit "
+        f"{doc.get('front_max_in_flight')}) through the {doc['target']} port; "
         f"{doc['cpus']} cores shared by client and server; "
         f"{'quick run' if doc['quick'] else 'full run'}. Written by `scripts/chaos.py`.",
         "",
@@ -463,7 +518,8 @@ def report(doc: dict[str, Any]) -> str:
             k: r[k]
             for k in (
                 "fault", "fault_error", "fault_call_s", "direct_port_down_s", "failure_kinds",
-                "burst_offered_rps", "ok_p99_ms", "version_after", "version_expected", "target",
+                "burst_offered_rps", "ok_p99_ms", "rss_mb_before", "rss_mb_after",
+                "capacity_rps", "version_after", "version_expected", "target",
             )
             if k in r
         }  # fmt: skip

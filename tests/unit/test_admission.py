@@ -13,9 +13,13 @@ from recsys.admission import (
     AdmissionPolicy,
     ArrivalStamp,
     CircuitBreaker,
+    InFlightLimit,
     QueueState,
+    RetryLostRequest,
     ServeErrorsAsJSON,
     arrival_monotonic,
+    front_limit,
+    limit_from_env,
     proxy_middlewares,
 )
 from recsys.coalesce import Coalescer
@@ -193,4 +197,103 @@ def test_plain_text_404_is_json_and_json_or_success_passes_untouched() -> None:
 
 def test_proxy_middlewares_keep_the_request_id_guard_innermost() -> None:
     names = [m.cls.__name__ for m in proxy_middlewares()]
-    assert names == ["RequestIdGuard", "ArrivalStamp", "ServeErrorsAsJSON"]
+    assert names == [
+        "RequestIdGuard",
+        "RetryLostRequest",
+        "ArrivalStamp",
+        "InFlightLimit",
+        "ServeErrorsAsJSON",
+    ]
+
+
+# ---- the front door ----------------------------------------------------------------------------
+
+
+def _http(path: str = "/v1/search", method: str = "POST") -> dict:
+    return {"type": "http", "path": path, "method": method, "headers": []}
+
+
+def test_in_flight_limit_refuses_the_excess_at_once_with_json_503() -> None:
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limit = InFlightLimit(slow_app, max_in_flight=2)
+
+    async def scenario() -> list[list[dict]]:
+        sent: list[list[dict]] = [[] for _ in range(4)]
+
+        async def call(i: int, path: str = "/v1/search") -> None:
+            async def send(message: dict) -> None:
+                sent[i].append(message)
+
+            await limit(_http(path), None, send)
+
+        tasks = [asyncio.create_task(call(i)) for i in range(3)]
+        tasks.append(asyncio.create_task(call(3, "/healthz")))  # probes pass
+        await asyncio.sleep(0.01)
+        assert sent[2][0]["status"] == 503 and not sent[0]  # refused before the others end
+        release.set()
+        await asyncio.gather(*tasks)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [s[0]["status"] for s in sent] == [200, 200, 503, 200]
+    headers = dict(sent[2][0]["headers"])
+    assert headers[b"retry-after"] == b"1" and headers[b"retry-after-ms"] == b"1000"
+    body = json.loads(sent[2][1]["body"])
+    assert body["error"] == "overloaded"
+    assert body["request_id"] == headers[b"x-request-id"].decode()
+    assert limit.in_flight == 0 and limit.refused == 1
+
+
+def test_front_limit_follows_the_ingress_config() -> None:
+    from recsys.config import AppConfig, AutoscalingConfig, IngressConfig
+
+    config = AppConfig(
+        ingress=IngressConfig(
+            group_max_size=16,
+            groups_in_flight=2,
+            autoscaling=AutoscalingConfig(min_replicas=2, max_replicas=2),
+        )
+    )
+    assert front_limit(config) == 2 * (2 * 16) * 2
+    assert limit_from_env({"RECSYS_MAX_IN_FLIGHT": "7"}) == 7
+    assert limit_from_env({}) == front_limit(AppConfig())
+
+
+def test_retry_sends_an_idempotent_request_again_after_serves_plain_500() -> None:
+    calls: list[bytes] = []
+
+    async def flaky(scope, receive, send):  # type: ignore[no-untyped-def]
+        message = await receive()
+        calls.append(message["body"])
+        status, ctype = (500, b"text/plain") if len(calls) == 1 else (200, b"application/json")
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}
+        )
+        await send({"type": "http.response.body", "body": b"Internal Server Error"})
+
+    async def run(scope: dict, retries: int = 2) -> list[dict]:
+        sent: list[dict] = []
+        calls.clear()
+        incoming = [{"type": "http.request", "body": b'{"query": "x"}', "more_body": False}]
+
+        async def receive() -> dict:
+            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await RetryLostRequest(flaky, retries=retries, delay_s=0.0)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(run(_http()))
+    assert sent[0]["status"] == 200 and calls == [b'{"query": "x"}'] * 2
+    sent = asyncio.run(run(_http("/v1/other")))  # not known to be idempotent: not retried
+    assert sent[0]["status"] == 500 and len(calls) == 1
+    sent = asyncio.run(run(_http(), retries=0))
+    assert sent[0]["status"] == 500
