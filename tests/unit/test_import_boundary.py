@@ -1,7 +1,19 @@
-"""The library stands alone: importing recsys (all of it) never imports Ray."""
+"""Import boundaries, checked by importing in a fresh interpreter and reading ``sys.modules``.
 
+* The library stands alone: importing recsys (all of it) never imports Ray.
+* The serving core stays apart from the tooling: no serving module (everything a replica may
+  import: ``recsys`` outside its tooling packages, ``deployments`` outside the tooling's own
+  adapters) imports the benchmark, experiments, traffic or Kubernetes tooling, nor the
+  libraries only the tooling extras install. ``pip install .`` (no extras) must serve.
+* The ingress reaches its request helpers without the model stack (torch, transformers, faiss).
+"""
+
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MODULES = [
     "recsys",
@@ -18,19 +30,105 @@ MODULES = [
     "recsys.cli",
 ]
 
+TOOLING_PACKAGES = ("recsys.bench", "recsys.experiments", "recsys.traffic", "recsys.k8s")
+"""The tooling inside ``recsys`` (installed with the ``lab`` and ``k8s`` extras' libraries)."""
+TOOLING_LIBRARIES = ("kubernetes", "matplotlib", "httpx")
+"""Third-party libraries only the tooling extras install (``k8s``, ``lab``)."""
+TOOLING_ADAPTERS = {
+    "deployments.monolith": "benchmark: the one-deployment monolith",
+    "deployments.cluster_probe": "experiments: deploys and samples the simulated cluster",
+    "deployments.cluster_provider": "experiments: the delayed fake node provider",
+    "deployments.predictive_policy": "experiments: the predictive autoscaling policy",
+}
+"""Modules of ``deployments/`` that the tooling owns (nothing serving imports them)."""
+MODEL_STACK = ("torch", "transformers", "faiss")
+
+# Imports each module in turn and reports, per module, the watched modules it brought in
+# (sys.modules only grows, so whatever a module pulls in shows up right after its import).
+PROBE = """
+import importlib, json, sys
+modules, watched = json.loads(sys.argv[1]), tuple(json.loads(sys.argv[2]))
+def owner(module):
+    return next((w for w in watched if module == w or module.startswith(w + ".")), None)
+def hits():
+    return {m for m in sys.modules if owner(m)}
+seen, report = hits(), {}
+for name in modules:
+    importlib.import_module(name)
+    now = hits()
+    if now - seen:
+        report[name] = sorted({owner(m) for m in now - seen})
+    seen = now
+print(json.dumps(report))
+"""
+
+
+def imported(modules: list[str], watched: tuple[str, ...]) -> dict[str, list[str]]:
+    """``{module: [watched packages its import brought in]}`` in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(modules), json.dumps(watched)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def serving_modules() -> list[str]:
+    """Every module of ``recsys`` and ``deployments`` except the tooling's (from the files, so
+    a new module is covered the day it is added)."""
+    names = []
+    for package in ("recsys", "deployments"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__main__":
+                continue
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            tooling = name in TOOLING_PACKAGES or name.startswith(
+                tuple(p + "." for p in TOOLING_PACKAGES)
+            )
+            if not tooling and name not in TOOLING_ADAPTERS:
+                names.append(name)
+    return names
+
 
 def test_importing_recsys_leaves_ray_out() -> None:
-    code = (
-        "import sys\n"
-        + "".join(f"import {m}\n" for m in MODULES)
-        + "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
-        + "print(','.join(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"recsys imported Ray modules: {out.stdout.strip()[:200]}"
+    found = imported(MODULES, ("ray",))
+    assert not found, f"recsys imported Ray: {found}"
 
 
 def test_the_check_itself_detects_ray() -> None:
-    code = "import sys, ray\nprint('ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert imported(["recsys.config", "ray"], ("ray",)) == {"ray": ["ray"]}
+
+
+def test_serving_modules_never_import_tooling() -> None:
+    modules = serving_modules()
+    assert {"deployments.app", "deployments.ingress", "recsys.pipeline"} <= set(modules)
+    assert not set(TOOLING_ADAPTERS) & set(modules)
+    found = imported(modules, TOOLING_PACKAGES + TOOLING_LIBRARIES)
+    assert not found, (
+        f"serving modules import tooling (module: tooling it brought in): {found}; move the "
+        "code the serving path needs out of the tooling, or the module into it"
+    )
+
+
+def test_the_tooling_check_detects_tooling() -> None:
+    watched = TOOLING_PACKAGES + TOOLING_LIBRARIES
+    found = imported(["recsys.config", "recsys.k8s"], watched)
+    assert list(found) == ["recsys.k8s"]  # attributed to the module that brought it in
+    assert "recsys.k8s" in found["recsys.k8s"]
+
+
+def test_tooling_adapters_exist() -> None:
+    for name in TOOLING_ADAPTERS:
+        assert (ROOT / (name.replace(".", "/") + ".py")).is_file(), f"{name} is gone: update"
+
+
+def test_ingress_imports_no_model_stack() -> None:
+    found = imported(["deployments.ingress"], MODEL_STACK)
+    assert not found, (
+        f"deployments.ingress imports the model stack: {found}; it needs only the light "
+        "request helpers (recsys.request, recsys.catalog, recsys.routing)"
+    )
