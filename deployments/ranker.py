@@ -110,13 +110,13 @@ class RankerDeployment:
     def check_health(self) -> None:
         """Fails when a rank of the gang died or the process group broke: Serve then replaces
         the replica, and with it the placement group and every rank."""
-        self.ranker.executor.check_health()
+        self.ranker.check_health()
 
     def readiness(self) -> dict[str, Any]:
         """This replica's readiness and cold start (``recsys.warmup.stage_report``); the gang
         is complete while every rank is alive and the process group works."""
         try:
-            self.ranker.executor.check_health()
+            self.ranker.check_health()
             complete = True
         except Exception:
             complete = False

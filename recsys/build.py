@@ -25,7 +25,7 @@ from recsys.features import FeatureStats, ItemFeatureTable, ShopperState
 from recsys.index.build import build_index
 from recsys.index.lexical import LexicalIndex, item_documents
 from recsys.index.vector_index import VectorIndex
-from recsys.matching import QueryCategorizer, QueryMatcher
+from recsys.matching import QueryCategorizer, QueryMatcher, category_paths
 from recsys.ranker.listwise import build_lists
 from recsys.ranker.train import SearchContext, train_ranker
 from recsys.ranker.weights import save_ranker
@@ -149,9 +149,7 @@ def _build_into(
             items["title"].tolist(),
             items["brand"].tolist(),
             items["attributes"].tolist(),
-            (
-                items["category_l1"] + " " + items["category_l2"] + " " + items["category_l3"]
-            ).tolist(),
+            category_paths(items),
         ),
         k1=config.lexical.k1,
         b=config.lexical.b,
@@ -276,15 +274,10 @@ def fit_categorizer(
         ]
     )
     sizes = np.bincount(leaf, minlength=int(leaf.max()) + 1).astype(np.float64)
-    catalog = (
-        items["title"].astype(str)
-        + " "
-        + items["category_l2"].astype(str)
-        + " "
-        + items["category_l3"].astype(str)
-    ).str.replace("unknown", "", regex=False)
+    titles = items["title"].astype(str).tolist()
+    catalog = [f"{t} {p}" for t, p in zip(titles, category_paths(items, (2, 3)), strict=True)]
     return QueryCategorizer.fit(
-        [*texts[q].tolist(), *catalog.tolist()],
+        [*texts[q].tolist(), *catalog],
         np.concatenate([leaf[i], leaf]),
         np.concatenate([w, np.full(len(leaf), CATALOG_EVIDENCE)]),
         sizes,

@@ -238,6 +238,14 @@ def _words(text: str, correct: object) -> list[str]:
     return [f if f is not None else w for f, w in zip(fixed, words, strict=True)]
 
 
+def category_paths(items: pd.DataFrame, levels: Sequence[int] = (1, 2, 3)) -> list[str]:
+    """Each item's category path as words ("unknown" levels left out)."""
+    text = items[f"category_l{levels[0]}"].astype(str)
+    for level in levels[1:]:
+        text = text + " " + items[f"category_l{level}"].astype(str)
+    return text.str.replace("unknown", "", regex=False).tolist()
+
+
 @dataclass
 class QueryMatcher:
     """Computes :data:`MATCH_FEATURES` for (query, candidate items)."""
@@ -250,16 +258,9 @@ class QueryMatcher:
 
     @classmethod
     def from_items(cls, items: pd.DataFrame, categorizer: QueryCategorizer | None) -> QueryMatcher:
-        paths = (
-            items["category_l1"].astype(str)
-            + " "
-            + items["category_l2"].astype(str)
-            + " "
-            + items["category_l3"].astype(str)
-        ).str.replace("unknown", "", regex=False)
         return cls(
             titles=WordSets.from_texts(items["title"].astype(str).tolist()),
-            categories=WordSets.from_texts(paths.tolist()),
+            categories=WordSets.from_texts(category_paths(items)),
             lexicon=FieldLexicon.from_items(items),
             categorizer=categorizer,
             leaf_idx=items["leaf_idx"].to_numpy(np.int64),

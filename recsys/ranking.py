@@ -76,6 +76,12 @@ class CandidateRanker:
             executor = LocalExecutor(model, device)
         return cls(meta.spec, table, profiles, executor, matcher)
 
+    def check_health(self) -> None:
+        """Raises when the executor (a model-parallel gang) is broken; nothing to check for a
+        retrieval-only artifact."""
+        if self.executor is not None:
+            self.executor.check_health()
+
     @property
     def trained(self) -> bool:
         """False for a retrieval-only artifact (answers in retrieval order)."""

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from recsys.matching import MATCH_FEATURES
+
 SPARSE_FEATURES = ("user", "item", "leaf", "brand")
 DENSE_FEATURES = (
     "log_price_z",
@@ -30,13 +32,7 @@ DENSE_FEATURES = (
     "leaf_affinity",
     "brand_affinity",
     "price_gap",
-    # query-item match (recsys.matching.MATCH_FEATURES, same order)
-    "lexical",
-    "title_coverage",
-    "category_coverage",
-    "stated_match",
-    "stated_conflict",
-    "leaf_probability",
+    *MATCH_FEATURES,
 )
 
 
