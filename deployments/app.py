@@ -3,14 +3,17 @@
 ``serve run deployments.app:build_app artifacts=...`` or a serve config whose application has
 ``import_path: deployments.app:build_app`` and ``args:`` (validated against ``AppConfig``).
 Deployment options (resources, batching, autoscaling, back-pressure) all come from the typed
-config; the committed serve configs are generated from it by ``scripts/serve_configs.py``.
+config; the committed serve configs are generated from it by ``scripts/serve_configs.py``. In a
+serve config, the Serve options (``deployments.serve_config.SERVE_OPTIONS``) live in the
+``deployments:`` list only, which Serve applies over what this builder sets; ``args`` carries
+the rest, so every setting is written once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.config import BackpressureConfig
 
 from deployments.encoder import QueryEncoderDeployment
@@ -22,6 +25,14 @@ from recsys.config import AppConfig, AutoscalingConfig, StageConfig
 RANKER_PREFIX = "Ranker"
 ROLLOUT_SURGE_PERCENT = 100
 """Extra replicas (percent of the target) a rolling update may start before stopping old ones."""
+
+
+def configured(decorated: object, **options: Any) -> Deployment:
+    """``decorated.options(**options)`` of a ``@serve.deployment`` class (type checkers see a
+    decorated class as the class itself, without Serve's ``.options``)."""
+    if not isinstance(decorated, Deployment):
+        raise TypeError(f"{decorated!r} is not a @serve.deployment")
+    return decorated.options(**options)
 
 
 def autoscaling(config: AutoscalingConfig) -> dict[str, Any]:
@@ -63,20 +74,21 @@ def build_app(args: AppConfig) -> Application:
     """Compose ingress -> encoder -> retriever -> ranker (one ranker deployment per variant)."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     retry = config.routing.retry_after_s
-    encoder = QueryEncoderDeployment.options(
-        name="QueryEncoder", **stage_options(config.query_encoder, retry)
+    encoder = configured(
+        QueryEncoderDeployment, name="QueryEncoder", **stage_options(config.query_encoder, retry)
     ).bind(config)
-    retriever = RetrieverDeployment.options(
-        name="Retriever", **stage_options(config.retriever, retry)
+    retriever = configured(
+        RetrieverDeployment, name="Retriever", **stage_options(config.retriever, retry)
     ).bind(config)
     rankers = {
-        v.name: RankerDeployment.options(
-            name=ranker_name(i, v.name), **ranker_options(config)
+        v.name: configured(
+            RankerDeployment, name=ranker_name(i, v.name), **ranker_options(config)
         ).bind(config, v.name, v.artifacts or config.artifacts)
         for i, v in enumerate(config.routing.variants)
     }
     ingress = config.ingress
-    return Ingress.options(
+    return configured(
+        Ingress,
         name="Ingress",
         ray_actor_options={"num_cpus": ingress.num_cpus},
         max_ongoing_requests=ingress.max_ongoing_requests,

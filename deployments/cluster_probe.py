@@ -42,7 +42,10 @@ def connect(state: ClusterState) -> None:
     os.environ.update(state.client_env())
     # Ray reads RAY_AUTH_MODE into its config when it is imported; refresh it (what Ray's own
     # `_enable_token_auth` does) and drop any token cached from another source.
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import (  # type: ignore[attr-defined]  # Ray's compiled module
+        AuthenticationTokenLoader,
+        Config,
+    )
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

@@ -67,7 +67,7 @@ class DelayedFakeMultiNodeProvider(FakeMultiNodeProvider):
                 return  # terminated while arriving
             self._timers.pop(placeholder, None)
             del self._nodes[placeholder]
-            saved = self._next_node_id
+            saved = self._next_node_id  # type: ignore[has-type]  # set by Ray's parent class
             self._next_node_id = int(placeholder[-5:]) - 1  # the parent takes the next id
             try:
                 super()._create_node_with_resources_and_labels(

@@ -54,7 +54,7 @@ class RayActorLauncher:
                 "placement_group_bundles (deployments.app.ranker_options does this for tp > 1)"
             )
         for setup in setups:
-            actor = RankWorker.options(
+            actor = RankWorker.options(  # type: ignore[attr-defined]  # @ray.remote's class
                 num_cpus=self.num_cpus,
                 num_gpus=self.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(

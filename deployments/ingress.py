@@ -240,8 +240,8 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
         first = next(e for e in errors if e.get("type") == "json_invalid")
         detail = f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}"
         return error_response(400, "malformed_json", detail, _request_id(request))
-    detail = [{"field": _field_name(e.get("loc", ())), "problem": e["msg"]} for e in errors]
-    return error_response(422, "invalid_request", detail, _request_id(request))
+    problems = [{"field": _field_name(e.get("loc", ())), "problem": e["msg"]} for e in errors]
+    return error_response(422, "invalid_request", problems, _request_id(request))
 
 
 @app.exception_handler(StarletteHTTPException)

@@ -128,7 +128,7 @@ class Monolith:
 def build_monolith(args: MonolithArgs | dict[str, Any]) -> Application:
     """The one-replica application (no autoscaling: the point is one process)."""
     config = args if isinstance(args, MonolithArgs) else MonolithArgs.model_validate(args)
-    return Monolith.options(
+    return Monolith.options(  # type: ignore[attr-defined]  # @serve.deployment class
         name="Monolith",
         ray_actor_options={"num_cpus": config.num_cpus},
         max_ongoing_requests=config.max_ongoing_requests,

