@@ -39,10 +39,13 @@ class RankWorker:
 
 
 class RayActorLauncher:
-    """``WorkerLauncher`` over Ray actors pinned to the current placement group's bundles."""
+    """``WorkerLauncher`` over Ray actors pinned to the current placement group's bundles.
 
-    def __init__(self, num_cpus: float, num_gpus: float):
-        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+    Each rank's actor takes its bundle's CPUs and GPUs: the deployment's
+    ``placement_group_bundles`` (in a serve config, its ``deployments:`` entry) are the one
+    source of the gang's resources."""
+
+    def __init__(self) -> None:
         self.actors: list[ray.actor.ActorHandle] = []
         self.runs: list[ray.ObjectRef] = []
 
@@ -54,9 +57,10 @@ class RayActorLauncher:
                 "placement_group_bundles (deployments.app.ranker_options does this for tp > 1)"
             )
         for setup in setups:
+            bundle = pg.bundle_specs[setup.rank]
             actor = RankWorker.options(  # type: ignore[attr-defined]  # @ray.remote's class
-                num_cpus=self.num_cpus,
-                num_gpus=self.num_gpus,
+                num_cpus=bundle.get("CPU", 0),
+                num_gpus=bundle.get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg,
                     placement_group_bundle_index=setup.rank,
@@ -87,14 +91,16 @@ def start_gang_executor(artifact: Artifact, config: AppConfig) -> GangExecutor:
     topo = config.topology
     meta = read_meta(artifact.path(layout.RANKER_META))
     plan = plan_sharding(meta.spec, topo.tp, topo.dtype, topo.rank_device_memory_gb)
-    cuda = config.ranker.num_gpus > 0 and torch.cuda.is_available()
+    # the GPUs Ray gave this replica (its deployment's options), not the AppConfig's num_gpus:
+    # a serve config holds Serve's options in `deployments:` only
+    cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     if not cuda and topo.dtype != "fp32":
         raise ValueError(f"topology.dtype={topo.dtype} needs GPUs; use fp32 on CPU")
     host = ray.util.get_node_ip_address()
     return GangExecutor(
         artifact.path(layout.RANKER_WEIGHTS),
         plan,
-        RayActorLauncher(config.ranker.num_cpus, config.ranker.num_gpus),
+        RayActorLauncher(),
         init_method=f"tcp://{host}:{free_port(host)}",
         device="cuda" if cuda else "cpu",
         timeout_s=topo.timeout_s,

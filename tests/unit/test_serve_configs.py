@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.serve_config import app_config_from_serve_config
+from deployments.profiles import profile as get_profile
+from deployments.serve_config import (
+    DEPLOYMENT_SECTIONS,
+    SERVE_OPTIONS,
+    app_config_from_serve_config,
+    serve_config,
+)
 from scripts.serve_configs import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +53,100 @@ def test_config_parses_as_serve_schema_with_typed_args(profile: str) -> None:
         assert stages["Ranker"].placement_group_strategy == "STRICT_PACK"
     else:
         assert all(not d.ray_actor_options.num_gpus for d in app.deployments)
+
+
+def setting_paths(tree: Any, prefix: tuple[str, ...] = ()) -> set[str]:
+    """Dotted paths of a config tree's leaves, Serve's option names read as ours
+    (``ray_actor_options.num_cpus`` -> ``num_cpus``, ``autoscaling_config`` -> ``autoscaling``)."""
+    if not isinstance(tree, dict) or not tree:
+        return {".".join(prefix)}
+    paths: set[str] = set()
+    for key, value in tree.items():
+        name = {"autoscaling_config": ("autoscaling",), "ray_actor_options": ()}.get(key, (key,))
+        paths |= setting_paths(value, prefix + name)
+    return paths
+
+
+@pytest.mark.parametrize("profile", ["local", "gpu"])
+def test_no_setting_is_written_twice(profile: str) -> None:
+    """Serve reads a deployment's options from ``deployments:`` over the builder's: the same
+    setting under ``args`` too would be one that silently does nothing when edited."""
+    data = yaml.safe_load((ROOT / "deployments" / "configs" / f"{profile}.yaml").read_text())
+    (app,) = data["applications"]
+    args = app.get("args") or {}
+    sections = set()
+    for deployment in app["deployments"]:
+        section = DEPLOYMENT_SECTIONS.get(deployment["name"].split("_")[0])
+        assert section, f"{deployment['name']}: no AppConfig section"
+        sections.add(section)
+        options = {k: v for k, v in deployment.items() if k != "name"}
+        twice = setting_paths(options) & setting_paths(args.get(section) or {})
+        assert not twice, f"{deployment['name']}: {sorted(twice)} under deployments and args"
+        assert not set(SERVE_OPTIONS) & set(args.get(section) or {})
+    assert sections == set(DEPLOYMENT_SECTIONS.values())
+
+
+def test_the_twice_check_sees_a_setting_in_both_places() -> None:
+    options = {"ray_actor_options": {"num_cpus": 1}, "autoscaling_config": {"max_replicas": 2}}
+    args = {"num_cpus": 1, "autoscaling": {"max_replicas": 2}, "max_batch_size": 8}
+    assert setting_paths(options) & setting_paths(args) == {"num_cpus", "autoscaling.max_replicas"}
+
+
+@pytest.mark.parametrize("profile", ["local", "gpu"])
+def test_config_reads_back_as_the_profile(profile: str) -> None:
+    """``args`` plus the deployments' options are the whole app: read back, it rebuilds the file."""
+    data = yaml.safe_load((ROOT / "deployments" / "configs" / f"{profile}.yaml").read_text())
+    app = app_config_from_serve_config(data)
+    assert serve_config(app) == data
+    expected = get_profile(profile)
+    for section in DEPLOYMENT_SECTIONS.values():
+        for field in ("num_cpus", "max_queued_requests", "autoscaling"):
+            assert getattr(getattr(app, section), field) == getattr(
+                getattr(expected, section), field
+            ), f"{section}.{field}"
+
+
+def test_editing_a_deployment_option_changes_the_app() -> None:
+    data = serve_config(get_profile("local"))
+    (encoder,) = [d for d in data["applications"][0]["deployments"] if d["name"] == "QueryEncoder"]
+    encoder["autoscaling_config"]["max_replicas"] = 5
+    encoder["ray_actor_options"]["num_cpus"] = 0.5
+    app = app_config_from_serve_config(data)
+    assert app.query_encoder.autoscaling.max_replicas == 5
+    assert app.query_encoder.num_cpus == 0.5
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_cpus", 0.75),
+        ("num_gpus", 0.5),
+        ("max_ongoing_requests", 40),
+        ("max_queued_requests", 99),
+        ("health_check_period_s", 7.0),
+        ("autoscaling", {"max_replicas": 3, "target_ongoing_requests": 5}),
+    ],
+)
+def test_each_serve_owned_field_is_a_serve_option(field: str, value: Any) -> None:
+    """Changing one of :data:`SERVE_OPTIONS` changes the retriever's deployment options and
+    nothing under ``args``."""
+    assert field in SERVE_OPTIONS
+    base = get_profile("local")
+    changed = base.model_copy(
+        update={
+            "retriever": base.retriever.model_validate(
+                {**base.retriever.model_dump(), field: value}
+            )
+        }
+    )
+    before, after = serve_config(base), serve_config(changed)
+    (app_before,), (app_after,) = before["applications"], after["applications"]
+    assert app_before["args"] == app_after["args"]
+
+    def retriever(app: dict[str, Any]) -> dict[str, Any]:
+        return next(d for d in app["deployments"] if d["name"] == "Retriever")
+
+    assert retriever(app_before) != retriever(app_after)
 
 
 @pytest.mark.parametrize(
