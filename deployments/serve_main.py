@@ -50,13 +50,12 @@ def apply_local_serve_env(config: AppConfig | None = None) -> None:
     and with ``config`` the front door's in-flight limit derived from it
     (``recsys.admission.front_limit``). Call it before Ray is imported: Serve reads these
     once, at import, in every process."""
-    from recsys.admission import MAX_IN_FLIGHT_ENV, MAX_QUEUE_MS_ENV, front_limit
+    from recsys.admission import MAX_IN_FLIGHT_ENV, front_limit
 
     for name, value in LOCAL_SERVE_ENV.items():
         os.environ.setdefault(name, value)
     if config is not None:
         os.environ.setdefault(MAX_IN_FLIGHT_ENV, str(front_limit(config)))
-        os.environ.setdefault(MAX_QUEUE_MS_ENV, str(config.ingress.admission.max_queue_ms))
 
 
 def direct_ingress_enabled(env: Mapping[str, str]) -> bool:

@@ -186,9 +186,6 @@ async def _send_json(send: Any, start: dict[str, Any], text: bytes) -> None:
 MAX_IN_FLIGHT_ENV = "RECSYS_MAX_IN_FLIGHT"
 """Environment variable: the in-flight limit of each Serve HTTP server (:class:`InFlightLimit`);
 unset: :func:`front_limit` of the default ``AppConfig``; ``0``: no limit."""
-MAX_QUEUE_MS_ENV = "RECSYS_MAX_QUEUE_MS"
-"""Environment variable: the queue-time budget of :class:`InFlightLimit` (the ingress's
-``admission.max_queue_ms``)."""
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 """Never refused nor retried by the front door: probes must see the app as it is."""
 IDEMPOTENT_POSTS = frozenset({"/v1/search", "/v1/recommend"})
@@ -222,19 +219,6 @@ def limit_from_env(env: Any = None) -> int:
     return front_limit(AppConfig())
 
 
-def queue_budget_from_env(env: Any = None) -> float:
-    """The longest a request may wait (ms): :data:`MAX_QUEUE_MS_ENV`, else the default
-    ``AdmissionConfig.max_queue_ms``."""
-    import os
-
-    value = (os.environ if env is None else env).get(MAX_QUEUE_MS_ENV)
-    if value is not None and value.strip():
-        return float(value)
-    from recsys.config import AdmissionConfig
-
-    return float(AdmissionConfig().max_queue_ms)
-
-
 def _scope_request_id(scope: dict[str, Any]) -> str:
     from recsys.request_ids import client_request_id, new_request_id
 
@@ -256,71 +240,18 @@ async def send_overloaded(send: Any, scope: dict[str, Any], detail: str, retry_m
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class CapacityEstimate:
-    """What this server has measured of the app behind it: answers a second (the best of the
-    last few whole seconds) and the fastest answer lately (service time without queueing,
-    as TCP Vegas or BBR take the minimum round trip). Little's law then gives how many
-    requests may be in flight so that a new one waits at most ``queue_budget_s``:
-    ``rate * (min_latency + queue_budget)``."""
-
-    def __init__(self, window_s: int = 5, clock: Callable[[], float] = time.monotonic):
-        self.window_s = window_s
-        self._clock = clock
-        self._buckets: dict[int, tuple[int, float]] = {}  # second -> (answers, min latency)
-
-    def observe(self, latency_s: float) -> None:
-        second = int(self._clock())
-        count, fastest = self._buckets.get(second, (0, math.inf))
-        self._buckets[second] = (count + 1, min(fastest, latency_s))
-        for old in [b for b in self._buckets if b <= second - self.window_s]:
-            del self._buckets[old]
-
-    def limit(self, queue_budget_s: float) -> int | None:
-        """The in-flight limit, or None before a whole second has been measured."""
-        now = int(self._clock())
-        full = {b: v for b, v in self._buckets.items() if now - self.window_s < b < now}
-        if not full:
-            return None
-        rate = max(count for count, _ in full.values())
-        fastest = min(lat for _, lat in self._buckets.values())
-        return math.ceil(rate * (fastest + queue_budget_s))
-
-
 class InFlightLimit:
-    """ASGI middleware for Serve's HTTP servers: a bounded number of API requests in flight in
-    this server; the next one is answered a JSON 503 ``overloaded`` at once, before Serve
-    queues it anywhere (probes pass). The bound is measured (:class:`CapacityEstimate`:
-    answers a second times the fastest answer plus ``queue_budget_ms``, the ingress's
-    ``max_queue_ms``), never below ``min_in_flight`` (so a cold or idle server lets traffic
-    through to be measured) nor above ``max_in_flight`` (:func:`front_limit` of the config;
-    ``0``: no limit at all). The ingress's own admission (queue time) stays behind it."""
+    """ASGI middleware for Serve's HTTP servers: at most ``max_in_flight`` API requests at once
+    in this server; the next one is answered a JSON 503 ``overloaded`` at once, before Serve
+    queues it anywhere (probes pass; ``0``: no limit). The ingress's own admission (queue
+    time) stays behind it for what gets through."""
 
-    def __init__(
-        self,
-        app: Any,
-        max_in_flight: int | None = None,
-        queue_budget_ms: float | None = None,
-        min_in_flight: int = 8,
-        retry_after_ms: int = 1000,
-        clock: Callable[[], float] = time.monotonic,
-    ):
+    def __init__(self, app: Any, max_in_flight: int | None = None, retry_after_ms: int = 1000):
         self.app = app
         self.max_in_flight = limit_from_env() if max_in_flight is None else max_in_flight
-        self.queue_budget_s = (
-            queue_budget_from_env() if queue_budget_ms is None else queue_budget_ms
-        ) / 1000.0
-        self.min_in_flight = min_in_flight
         self.retry_after_ms = retry_after_ms
-        self.capacity = CapacityEstimate(clock=clock)
-        self._clock = clock
         self.in_flight = 0
         self.refused = 0
-
-    def limit(self) -> int:
-        measured = self.capacity.limit(self.queue_budget_s)
-        if measured is None:
-            return self.max_in_flight
-        return max(self.min_in_flight, min(self.max_in_flight, measured))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if (
@@ -330,31 +261,19 @@ class InFlightLimit:
         ):
             await self.app(scope, receive, send)
             return
-        limit = self.limit()
-        if self.in_flight >= limit:
+        if self.in_flight >= self.max_in_flight:
             self.refused += 1
             detail = (
-                f"{self.in_flight} requests in flight (limit {limit}): "
+                f"{self.in_flight} requests in flight (limit {self.max_in_flight}): "
                 "the server is overloaded; retry later"
             )
             await send_overloaded(send, scope, detail, self.retry_after_ms)
             return
-        started = self._clock()
-        status = 0
-
-        async def measured_send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         self.in_flight += 1
         try:
-            await self.app(scope, receive, measured_send)
+            await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-            if status == 200:  # served answers measure the capacity, refusals do not
-                self.capacity.observe(self._clock() - started)
 
 
 def is_idempotent(scope: dict[str, Any]) -> bool:

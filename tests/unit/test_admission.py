@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ from recsys.admission import (
     ARRIVAL_HEADER,
     AdmissionPolicy,
     ArrivalStamp,
-    CapacityEstimate,
     CircuitBreaker,
     InFlightLimit,
     QueueState,
@@ -223,7 +221,7 @@ def test_in_flight_limit_refuses_the_excess_at_once_with_json_503() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    limit = InFlightLimit(slow_app, max_in_flight=2, queue_budget_ms=250)
+    limit = InFlightLimit(slow_app, max_in_flight=2)
 
     async def scenario() -> list[list[dict]]:
         sent: list[list[dict]] = [[] for _ in range(4)]
@@ -299,29 +297,3 @@ def test_retry_sends_an_idempotent_request_again_after_serves_plain_500() -> Non
     assert sent[0]["status"] == 500 and len(calls) == 1
     sent = asyncio.run(run(_http(), retries=0))
     assert sent[0]["status"] == 500
-
-
-def test_capacity_estimate_is_littles_law_over_the_fastest_answer() -> None:
-    now = [100.2]
-    estimate = CapacityEstimate(clock=lambda: now[0])
-    assert estimate.limit(0.25) is None  # nothing measured yet
-    for _ in range(40):  # 40 answers in second 100, fastest 50 ms
-        estimate.observe(0.05)
-    estimate.observe(0.4)
-    now[0] = 101.5
-    assert estimate.limit(0.25) == math.ceil(41 * (0.05 + 0.25))
-    now[0] = 120.0  # the window has moved on
-    assert estimate.limit(0.25) is None
-
-
-def test_in_flight_limit_follows_the_measured_capacity_within_its_bounds() -> None:
-    now = [10.0]
-    limit = InFlightLimit(None, max_in_flight=100, queue_budget_ms=250, clock=lambda: now[0])
-    assert limit.limit() == 100  # unmeasured: the configured bound
-    for _ in range(20):
-        limit.capacity.observe(0.05)
-    now[0] = 11.1
-    measured = math.ceil(20 * (0.05 + 0.25))  # 6 or 7 (floating point), below the floor
-    assert limit.limit() == 8
-    limit.min_in_flight = 2
-    assert limit.limit() == measured
