@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 def _cell(value: object) -> str:
@@ -24,3 +26,14 @@ def markdown_table(
     ]
     lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def git_state(root: str | Path) -> tuple[str, list[str]]:
+    """(full commit of the checkout at ``root``, tracked files that differ from it): what a
+    report records so its numbers trace back to the code that made them."""
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    return commit.stdout.strip() or "unknown", [ln[3:] for ln in dirty.stdout.splitlines()]

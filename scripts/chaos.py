@@ -41,7 +41,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -54,6 +53,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from recsys.reporting import git_state  # noqa: E402
 
 SCENARIOS = (
     "kill_encoder",
@@ -88,20 +89,6 @@ class Scenario:
     fault_at_s: float
     burst: float | None = None  # rate multiple during the burst
     facts: dict[str, Any] = field(default_factory=dict)
-
-
-def git_state() -> tuple[str, list[str]]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    return commit, [line[3:] for line in dirty if line.strip()]
 
 
 def free_port() -> int:
@@ -352,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the headline numbers as JSON")
     p.add_argument("--allow-dirty", action="store_true")
     args = p.parse_args(argv)
-    commit, dirty = git_state()
+    commit, dirty = git_state(ROOT)
     if dirty and not args.allow_dirty:
         print(
             "chaos: the work tree has uncommitted changes; commit first or --allow-dirty",

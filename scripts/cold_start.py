@@ -181,9 +181,10 @@ def report(runs: list[dict], commit: str, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    sys.path.insert(0, str(ROOT))
+    from recsys.reporting import git_state
+
+    commit = git_state(ROOT)[0][:12]
     runs = [run_once(args, int(tp)) for tp in args.tp.split(",")]
     command = "python scripts/cold_start.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,7 @@ from recsys.experiments.policies import (  # noqa: E402
 from recsys.experiments.sampler import Sampler  # noqa: E402
 from recsys.experiments.spec import REQUESTS_FILE, SAMPLES_FILE, ExperimentSpec  # noqa: E402
 from recsys.k8s.spec import ClusterSpec  # noqa: E402
+from recsys.reporting import git_state  # noqa: E402
 from recsys.traffic.config import (  # noqa: E402
     SHAPE_KINDS,
     FlashSaleShape,
@@ -291,16 +292,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def git_state() -> tuple[str, list[str]]:
-    """(full commit, tracked files that differ from it: the code a run depends on)."""
-    git = ["git", "-C", str(ROOT)]
-    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-    )
-    return commit.stdout.strip() or "unknown", [ln[3:] for ln in dirty.stdout.splitlines()]
-
-
 def host_facts() -> dict[str, Any]:
     import ray
 
@@ -380,7 +371,7 @@ def build_spec(
         DEPLOYMENT_NAMES["retriever"]: app.retriever.num_gpus,
         DEPLOYMENT_NAMES["ranker"]: app.ranker.num_gpus * tp,
     }
-    commit, dirty = git_state()
+    commit, dirty = git_state(ROOT)
     ranker_share = app.routing.deadline_ms * (1.0 - app.routing.fallback_reserve_share)
     spec = ExperimentSpec(
         name=name,

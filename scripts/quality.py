@@ -55,21 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def git_state() -> tuple[str, bool]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = bool(
-        subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
-    return commit, dirty
-
-
 def build_and_evaluate(world: str, where: Path) -> dict:
     out = where / world
     cmd = [sys.executable, "-m", "recsys.cli", "build", *WORLDS[world], "--out", str(out)]
@@ -151,7 +136,10 @@ def report(results: dict[str, dict], commit: str, dirty: bool, command: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commit, dirty = git_state()
+    from recsys.reporting import git_state
+
+    full, changed = git_state(ROOT)
+    commit, dirty = full[:12], bool(changed)
     if dirty and not args.allow_dirty:
         print("quality: the tree has uncommitted changes; commit or pass --allow-dirty")
         return 2

@@ -136,17 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {side} | {', '.join(f'{x:.2f}' for x in per_round)} | {p50[side]:.2f} | "
             f"{np.percentile(part['wall_ms'], 90):.2f} | {np.percentile(part['wall_ms'], 99):.2f} |"
         )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    before_commit = ""
-    if args.before is not None:
-        before_commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=args.before,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+    sys.path.insert(0, str(ROOT))
+    from recsys.reporting import git_state
+
+    commit = git_state(ROOT)[0][:12]
+    before_commit = git_state(args.before)[0][:12] if args.before is not None else ""
     text = "\n".join(
         [
             "# In-process search latency",
