@@ -45,6 +45,7 @@ class WordSets:
     vocab: dict[str, int]
     indptr: np.ndarray  # int64 (n + 1,)
     words: np.ndarray  # int32
+    names: tuple[str, ...]  # word id -> word
 
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> WordSets:
@@ -59,7 +60,11 @@ class WordSets:
                 cache[text] = row
             ids.extend(row)
             indptr[i + 1] = len(ids)
-        return cls(vocab, indptr, np.asarray(ids, np.int32))
+        return cls(vocab, indptr, np.asarray(ids, np.int32), tuple(vocab))
+
+    def words_of(self, item: int) -> list[str]:
+        """The analysed words of one item's text."""
+        return [self.names[w] for w in self.words[self.indptr[item] : self.indptr[item + 1]]]
 
     def coverage(self, words: Sequence[str], items: np.ndarray) -> np.ndarray:
         """Share of ``words`` (distinct) that each item's text contains (float32)."""
@@ -265,23 +270,6 @@ class QueryMatcher:
             categorizer=categorizer,
             leaf_idx=items["leaf_idx"].to_numpy(np.int64),
         )
-
-    def titles_of(self, item: int) -> list[str]:
-        """The analysed words of one item's title."""
-        inverse = self._inverse_title_vocab()
-        return [
-            inverse[w]
-            for w in self.titles.words[self.titles.indptr[item] : self.titles.indptr[item + 1]]
-        ]
-
-    def _inverse_title_vocab(self) -> list[str]:
-        cached = getattr(self, "_title_words", None)
-        if cached is None:
-            cached = [""] * len(self.titles.vocab)
-            for word, at in self.titles.vocab.items():
-                cached[at] = word
-            self._title_words = cached
-        return cached
 
     def features(
         self, words: Sequence[str], items: np.ndarray, lexical: np.ndarray | None

@@ -120,7 +120,7 @@ class CandidateRanker:
             words = list(c.query_words) or analyze(req.query)
             return self.matcher.features(words, c.item_idx, c.lexical)
         if req.seed_item is not None:
-            seed_title = self.matcher.titles_of(req.seed_item)
+            seed_title = self.matcher.titles.words_of(req.seed_item)
             return self.matcher.features(seed_title, c.item_idx, None)
         return self.matcher.features([], c.item_idx, None)
 

@@ -125,8 +125,10 @@ def evaluate_search(
     for s in range(0, len(test_ids), 64):
         chunk = [int(q) for q in test_ids[s : s + 64]]
         reqs = [RetrievalRequest(n=n, query_vec=query_emb[q], query=texts[q]) for q in chunk]
-        tops = {m: [c.item_idx for c in r.retrieve(reqs)] for m, r in orders.items()}
-        served = retriever.retrieve(reqs)
+        found = {m: r.retrieve(reqs) for m, r in orders.items()}
+        tops = {m: [c.item_idx for c in cands] for m, cands in found.items()}
+        # the served candidates are one of the orders' (the artifact's mode): not searched twice
+        served = found[retriever.mode] if retriever.mode in found else retriever.retrieve(reqs)
         scores = ranker.score(
             [RankRequest(c, None, query=texts[q]) for c, q in zip(served, chunk, strict=True)]
         )
