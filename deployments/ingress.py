@@ -44,11 +44,13 @@ from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys import __version__
 from recsys.access import AccessControl, AccessMiddleware, access_control
 from recsys.admission import (
+    QUEUE_PRESSURE_HEADER,
     AdmissionPolicy,
     CircuitBreaker,
     QueueState,
     Rejection,
     arrival_monotonic,
+    queue_pressure,
 )
 from recsys.artifacts import Artifact
 from recsys.cache import EmbeddingCache, normalise_query
@@ -518,11 +520,16 @@ class Ingress:
             status_error = "overloaded" if exc.reason == "overloaded" else "unavailable"
             if exc.reason == "deadline":
                 status_error = "deadline_exceeded"
-            headers = exc.headers or self.retry_after
+            headers = dict(exc.headers or self.retry_after)
+            if exc.stage == "ingress" or exc.reason == "deadline":  # shed: a full queue
+                budget = self.admission.max_queue_ms
+                queued = max(deadline.elapsed_ms(), budget)
+                headers[QUEUE_PRESSURE_HEADER.decode()] = queue_pressure(queued, budget)
             resp = error_response(503, status_error, exc.detail, request_id, headers)
             return self._finish(resp, request_id, route, prep.decision.variant, deadline, {})
+        pressure = queue_pressure(timings.get("group_wait", 0.0), self.admission.max_queue_ms)
         return self._finish(
-            JSONResponse(body),
+            JSONResponse(body, headers={QUEUE_PRESSURE_HEADER.decode(): pressure}),
             request_id,
             route,
             prep.decision.variant,

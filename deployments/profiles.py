@@ -21,7 +21,9 @@ PROFILES = ("local", "gpu")
 def local_profile() -> AppConfig:
     def stage(batch: int, max_replicas: int, min_replicas: int = 1) -> StageConfig:
         return StageConfig(
-            num_cpus=0.25,
+            # logical CPUs (scheduling, not threads): 2 ingress x 0.25 + 6 stage replicas x 0.2
+            # leave 0.3 of 2 for a rollout's surge replica
+            num_cpus=0.2,
             max_batch_size=batch,
             # no timer: the ingress already sends concurrent requests as one call, and a
             # stage batches whatever calls are queued when it frees up
@@ -34,11 +36,12 @@ def local_profile() -> AppConfig:
 
     return AppConfig(
         artifacts="artifacts/demo",
-        # two encoder and retriever replicas: a killed one leaves the other answering (a down
-        # ranker only degrades the answer, a down encoder or retriever fails it)
+        # two replicas of every stage: a killed one leaves the other answering (a down encoder
+        # or retriever fails the answer; with one ranker, each request waited out the ranker's
+        # deadline share until its replacement was up: results/chaos/report.md)
         query_encoder=stage(16, 2, min_replicas=2),
         retriever=stage(16, 2, min_replicas=2),
-        ranker=stage(16, 2),
+        ranker=stage(16, 2, min_replicas=2),
         # On 2 cores each hop's fixed CPU cost, not the models, sets the ceiling: send
         # concurrent requests down the chain together (groups grow with the load).
         # (ingress.query_cache_size stays 0: in two runs the app sustained more without it)

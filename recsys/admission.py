@@ -26,6 +26,12 @@ How:
   ``Retry-After`` (whole seconds, as HTTP defines it) and ``Retry-After-Ms``: the predicted
   time until the queue has room again, in milliseconds, never below
   ``retry_after_min_ms``; ``Retry-After`` is that value rounded up to seconds.
+* **The front door refuses the excess before it queues** (:class:`InFlightLimit` over an
+  :class:`AdaptiveLimit`): each HTTP server lets through only as many requests at once as
+  the ingress drains without queueing past half its budget; the ingress reports each
+  request's queueing (:data:`QUEUE_PRESSURE_HEADER`) and the limit grows and shrinks with
+  it (AIMD), below a ceiling from the config (:func:`front_limit`). Past capacity the
+  excess is answered in milliseconds at the front, not after ``max_queue_ms`` inside.
 * **Serve's own refusals in the same shape**: :class:`ServeErrorsAsJSON` rewrites the plain
   text error answers Serve produces itself (backpressure 503 "Request dropped due to
   backpressure", the proxy's 404/500/503) into the documented JSON error body. What Serve's
@@ -55,6 +61,11 @@ ARRIVAL_HEADER = b"x-recsys-arrival"
 """Request header with the server's arrival time (Unix seconds; :class:`ArrivalStamp`)."""
 RETRY_AFTER_MS_HEADER = "Retry-After-Ms"
 """Response header with the suggested wait before a retry, in milliseconds."""
+QUEUE_PRESSURE_HEADER = b"x-recsys-queue-pressure"
+"""Response header from the ingress to the front door: how long the request queued before its
+group went down the chain, as a share of the ingress's queue budget (``max_queue_ms``); 1 or
+more when the ingress shed it. The front door's :class:`AdaptiveLimit` reads it and drops
+it."""
 
 
 # ---- the server's clock ---------------------------------------------------------------------
@@ -240,18 +251,109 @@ async def send_overloaded(send: Any, scope: dict[str, Any], detail: str, retry_m
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class InFlightLimit:
-    """ASGI middleware for Serve's HTTP servers: at most ``max_in_flight`` API requests at once
-    in this server; the next one is answered a JSON 503 ``overloaded`` at once, before Serve
-    queues it anywhere (probes pass; ``0``: no limit). The ingress's own admission (queue
-    time) stays behind it for what gets through."""
+def queue_pressure(queued_ms: float, budget_ms: float) -> str:
+    """The :data:`QUEUE_PRESSURE_HEADER` value for a request that queued ``queued_ms``."""
+    return f"{max(0.0, queued_ms) / max(budget_ms, 1e-3):.3f}"
 
-    def __init__(self, app: Any, max_in_flight: int | None = None, retry_after_ms: int = 1000):
+
+class AdaptiveLimit:
+    """How many requests the front door lets through at once: additive increase,
+    multiplicative decrease on the queueing the ingress reports (TCP's congestion control,
+    applied to a server's queue; Netflix's concurrency-limits follow the same idea).
+
+    A static limit has to be sized for the worst case and is wrong for every other: too high
+    and an overload queues inside Serve and the ingress until requests are shed there, late
+    (after ``max_queue_ms``), too low and a machine with room refuses work. The ingress
+    knows how long each request queued (from its arrival at the server to its group going
+    down the chain) against its budget: that share is the *pressure* in each answer
+    (:data:`QUEUE_PRESSURE_HEADER`). Above ``target`` the limit shrinks by ``backoff`` (at
+    most once per ``cooldown_s``: the answers that show one queue arrive together); at or
+    below it, and only while the limit is in use (at least half of it in flight), it grows
+    by one request per limit's worth of answers. So the queue stays short, and the excess
+    of an overload is refused at once, at the front, instead of after queueing.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        floor: int = 8,
+        initial: int = 32,
+        target: float = 0.5,
+        backoff: float = 0.75,
+        cooldown_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if ceiling < 1 or floor < 1 or not 0 < backoff < 1 or target <= 0:
+            raise ValueError("ceiling and floor must be >= 1, 0 < backoff < 1 and target > 0")
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.limit = float(min(max(initial, self.floor), ceiling))
+        self.target = target
+        self.backoff = backoff
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._last_decrease = -math.inf
+        self.decreases = 0
+
+    @property
+    def value(self) -> int:
+        return int(self.limit)
+
+    def on_answer(self, pressure: float, in_flight: int) -> None:
+        """One answer came back with this pressure while ``in_flight`` requests were out."""
+        if pressure > self.target:
+            now = self._clock()
+            if now - self._last_decrease >= self.cooldown_s:
+                self.limit = max(float(self.floor), self.limit * self.backoff)
+                self._last_decrease = now
+                self.decreases += 1
+        elif in_flight >= self.limit / 2:
+            self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+
+
+def _pop_pressure(message: dict[str, Any]) -> float | None:
+    headers = message.get("headers") or []
+    value = next((v for k, v in headers if k.lower() == QUEUE_PRESSURE_HEADER), None)
+    if value is None:
+        return None
+    message["headers"] = [(k, v) for k, v in headers if k.lower() != QUEUE_PRESSURE_HEADER]
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+class InFlightLimit:
+    """ASGI middleware for Serve's HTTP servers: at most the :class:`AdaptiveLimit`'s value of
+    API requests at once in this server; the next one is answered a JSON 503 ``overloaded``
+    at once, before Serve queues it anywhere (probes pass; ``max_in_flight`` ``0``: no
+    limit). ``max_in_flight`` is the ceiling the adaptive limit never exceeds. The ingress's
+    own admission (queue time) stays behind it for what gets through."""
+
+    def __init__(
+        self,
+        app: Any,
+        max_in_flight: int | None = None,
+        retry_after_ms: int = 1000,
+        *,
+        adaptive: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.app = app
         self.max_in_flight = limit_from_env() if max_in_flight is None else max_in_flight
         self.retry_after_ms = retry_after_ms
+        self.adaptive = (
+            AdaptiveLimit(self.max_in_flight, clock=clock)
+            if adaptive and self.max_in_flight
+            else None
+        )
         self.in_flight = 0
         self.refused = 0
+
+    @property
+    def limit(self) -> int:
+        return self.adaptive.value if self.adaptive else self.max_in_flight
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if (
@@ -261,17 +363,26 @@ class InFlightLimit:
         ):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
+        limit = self.limit
+        if self.in_flight >= limit:
             self.refused += 1
             detail = (
-                f"{self.in_flight} requests in flight (limit {self.max_in_flight}): "
+                f"{self.in_flight} requests in flight (limit {limit}): "
                 "the server is overloaded; retry later"
             )
             await send_overloaded(send, scope, detail, self.retry_after_ms)
             return
         self.in_flight += 1
+
+        async def watched_send(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                pressure = _pop_pressure(message)
+                if pressure is not None and self.adaptive is not None:
+                    self.adaptive.on_answer(pressure, self.in_flight)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, watched_send)
         finally:
             self.in_flight -= 1
 
@@ -288,10 +399,10 @@ class RetryLostRequest:
     """ASGI middleware for Serve's proxy: an idempotent request (GET, HEAD, the read-only POST
     routes) answered Serve's own plain-text 500 (what the proxy sends for a request in
     flight on an ingress replica that died) is sent again, up to ``retries`` times, after
-    ``delay_s``; Serve's router picks a live replica. The app's own errors are JSON and
-    pass through; nothing is retried once any of the answer has gone out."""
+    ``delay_s``, doubling each time; Serve's router picks a live replica. The app's own
+    errors are JSON and pass through; nothing is retried once any answer has gone out."""
 
-    def __init__(self, app: Any, retries: int = 2, delay_s: float = 0.05):
+    def __init__(self, app: Any, retries: int = 3, delay_s: float = 0.1):
         self.app = app
         self.retries = retries
         self.delay_s = delay_s
@@ -346,7 +457,7 @@ class RetryLostRequest:
             if not lost:
                 return
             self.retried += 1
-            await asyncio.sleep(self.delay_s * (attempt + 1))
+            await asyncio.sleep(self.delay_s * 2**attempt)  # backoff while the router learns
 
 
 def proxy_middlewares() -> list[Any]:

@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    # logical CPUs, for scheduling only (the machine's cores are what they are): room beside
+    # the local profile's replicas for a rollout's surge and for the tp=2 gang's ranks
+    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False)
     results: dict[str, dict[str, Any]] = {}
     started = time.time()
     try:
@@ -462,9 +464,11 @@ def headline_numbers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rollout = results.get("rollout", {})
     return {
         "goodput_ratio_3x": results.get("burst_3x", {}).get("goodput_ratio"),
-        "rejection_p99_ms": max(rej) if rej else None,
+        # the done-means' number: refusals during the 3x burst; beside it the slowest refusal
+        # p99 of any scenario (kills included), which a good burst number could hide
+        "rejection_p99_ms": results.get("burst_3x", {}).get("rejection_p99_ms"),
+        "rejection_p99_ms_any": max(rej) if rej else None,
         "lost": sum(r["lost"] for n, r in results.items() if n != "capacity"),
-        "rejection_p99_ms_3x": results.get("burst_3x", {}).get("rejection_p99_ms"),
         "rejection_p99_ms_10x": results.get("burst_10x", {}).get("rejection_p99_ms"),
         "goodput_ratio_10x": results.get("burst_10x", {}).get("goodput_ratio"),
         "kill_success_ratio_min": min(kills) if kills else None,
@@ -487,7 +491,7 @@ def report(doc: dict[str, Any]) -> str:
         "",
         f"Commit `{doc['commit']}`{dirty}; artifact "
         f"`{doc['artifacts']}` (rollout to `{doc['rollout_artifacts']}`); sustained rate "
-        f"{doc['sustained_rate']:g} req/s open loop (front in-flight limit "
+        f"{doc['sustained_rate']:g} req/s open loop (front door: adaptive in-flight limit, ceiling "
         f"{doc.get('front_max_in_flight')}) through the {doc['target']} port; "
         f"{doc['cpus']} cores shared by client and server; "
         f"{'quick run' if doc['quick'] else 'full run'}. Written by `scripts/chaos.py`.",

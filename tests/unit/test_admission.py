@@ -10,6 +10,8 @@ import pytest
 
 from recsys.admission import (
     ARRIVAL_HEADER,
+    QUEUE_PRESSURE_HEADER,
+    AdaptiveLimit,
     AdmissionPolicy,
     ArrivalStamp,
     CircuitBreaker,
@@ -21,6 +23,7 @@ from recsys.admission import (
     front_limit,
     limit_from_env,
     proxy_middlewares,
+    queue_pressure,
 )
 from recsys.coalesce import Coalescer
 
@@ -248,6 +251,63 @@ def test_in_flight_limit_refuses_the_excess_at_once_with_json_503() -> None:
     assert body["error"] == "overloaded"
     assert body["request_id"] == headers[b"x-request-id"].decode()
     assert limit.in_flight == 0 and limit.refused == 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_adaptive_limit_shrinks_on_queueing_and_grows_back_while_in_use() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(128, floor=8, initial=32, clock=clock)
+    assert limit.value == 32
+    limit.on_answer(0.9, in_flight=32)  # queued past half the budget: back off
+    assert limit.value == 24
+    limit.on_answer(3.0, in_flight=24)  # the same queue, seen again at once: no second cut
+    assert limit.value == 24
+    for _ in range(20):  # a persistent queue: cut once per cooldown, never below the floor
+        clock.now += 0.2
+        limit.on_answer(1.5, in_flight=limit.value)
+    assert limit.value == 8
+    for _ in range(200):  # short queues while the limit is used: it grows again
+        limit.on_answer(0.1, in_flight=limit.value)
+    assert 20 < limit.value < 32
+    before = limit.limit
+    for _ in range(100):  # short queues but the limit unused (light load): it stays
+        limit.on_answer(0.0, in_flight=1)
+    assert limit.limit == before
+    for _ in range(100_000):  # never above the ceiling
+        limit.on_answer(0.0, in_flight=limit.value)
+    assert limit.value == 128
+    assert queue_pressure(125.0, 250.0) == "0.500" and queue_pressure(-3.0, 250.0) == "0.000"
+
+
+def test_in_flight_limit_follows_the_pressure_the_ingress_reports_and_hides_it() -> None:
+    pressure = {"value": b"2.0"}
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        headers = [(QUEUE_PRESSURE_HEADER, pressure["value"]), (b"content-type", b"x")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    clock = FakeClock()
+    limit = InFlightLimit(app, max_in_flight=64, clock=clock)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    start = limit.limit
+    for _ in range(5):
+        clock.now += 1.0
+        asyncio.run(limit(_http(), None, send))
+    assert limit.limit < start  # the ingress said its queue was long: fewer let in
+    assert all(k != QUEUE_PRESSURE_HEADER for m in sent if "headers" in m for k, _ in m["headers"])
+    assert limit.in_flight == 0
 
 
 def test_front_limit_follows_the_ingress_config() -> None:
