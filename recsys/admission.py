@@ -28,7 +28,7 @@ How:
   ``retry_after_min_ms``; ``Retry-After`` is that value rounded up to seconds.
 * **The front door refuses the excess before it queues** (:class:`InFlightLimit` over an
   :class:`AdaptiveLimit`): each HTTP server lets through only as many requests at once as
-  the ingress drains without queueing past half its budget; the ingress reports each
+  the ingress drains without queueing past its budget; the ingress reports each
   request's queueing (:data:`QUEUE_PRESSURE_HEADER`) and the limit grows and shrinks with
   it (AIMD), below a ceiling from the config (:func:`front_limit`). Past capacity the
   excess is answered in milliseconds at the front, not after ``max_queue_ms`` inside.
@@ -157,6 +157,7 @@ class ServeErrorsAsJSON:
             return
         held: dict[str, Any] | None = None
         chunks: list[bytes] = []
+        started: list[bool] = []  # whether any answer has gone out
 
         async def wrapped_send(message: dict[str, Any]) -> None:
             nonlocal held
@@ -173,8 +174,22 @@ class ServeErrorsAsJSON:
                     await _send_json(send, held, b"".join(chunks))
             else:
                 await send(message)
+            if message["type"] == "http.response.start":
+                started.append(True)
 
-        await self.app(scope, receive, wrapped_send)
+        try:
+            await self.app(scope, receive, wrapped_send)
+        except Exception as exc:  # raised before any answer: still the documented JSON error
+            if started:
+                raise
+            text = f"internal error ({type(exc).__name__}); retry later".encode()
+            rid = _scope_request_id(scope).encode("ascii", "replace")
+            start = {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [(b"x-request-id", rid)],
+            }
+            await _send_json(send, start, text)
 
 
 async def _send_json(send: Any, start: dict[str, Any], text: bytes) -> None:
@@ -266,20 +281,23 @@ class AdaptiveLimit:
     (after ``max_queue_ms``), too low and a machine with room refuses work. The ingress
     knows how long each request queued (from its arrival at the server to its group going
     down the chain) against its budget: that share is the *pressure* in each answer
-    (:data:`QUEUE_PRESSURE_HEADER`). Above ``target`` the limit shrinks by ``backoff`` (at
+    (:data:`QUEUE_PRESSURE_HEADER`). Above ``target`` (1: queued as long as the ingress
+    allows, so it sheds from here on) the limit shrinks by ``backoff`` (at
     most once per ``cooldown_s``: the answers that show one queue arrive together); at or
     below it, and only while the limit is in use (at least half of it in flight), it grows
-    by one request per limit's worth of answers. So the queue stays short, and the excess
-    of an overload is refused at once, at the front, instead of after queueing.
+    by one request per limit's worth of answers. So the excess of an overload is refused at
+    once, at the front, instead of after queueing; a passing slowdown (a replica starting on
+    the same cores) that queues less than the budget refuses nothing. The ``floor`` keeps a
+    slow spell from shutting the door on the load it can still serve.
     """
 
     def __init__(
         self,
         ceiling: int,
         *,
-        floor: int = 8,
+        floor: int = 16,
         initial: int = 32,
-        target: float = 0.5,
+        target: float = 1.0,
         backoff: float = 0.75,
         cooldown_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
@@ -440,9 +458,10 @@ class RetryLostRequest:
 
             last = attempt == self.retries or more
             lost = False
+            started = False
 
             async def guarded_send(message: dict[str, Any], last: bool = last) -> None:
-                nonlocal lost
+                nonlocal lost, started
                 if lost:
                     return  # the body of the plain-text 500 being retried
                 if message["type"] == "http.response.start" and not last:
@@ -451,9 +470,15 @@ class RetryLostRequest:
                     if message["status"] == 500 and b"json" not in ctype.lower():
                         lost = True
                         return
+                started = True
                 await send(message)
 
-            await self.app(scope, replay, guarded_send)
+            try:
+                await self.app(scope, replay, guarded_send)
+            except Exception:  # the replica died under the proxy's router (raised, not sent)
+                if started or last:
+                    raise
+                lost = True
             if not lost:
                 return
             self.retried += 1

@@ -263,7 +263,7 @@ class FakeClock:
 
 def test_adaptive_limit_shrinks_on_queueing_and_grows_back_while_in_use() -> None:
     clock = FakeClock()
-    limit = AdaptiveLimit(128, floor=8, initial=32, clock=clock)
+    limit = AdaptiveLimit(128, floor=8, initial=32, target=0.5, clock=clock)
     assert limit.value == 32
     limit.on_answer(0.9, in_flight=32)  # queued past half the budget: back off
     assert limit.value == 24
@@ -357,3 +357,44 @@ def test_retry_sends_an_idempotent_request_again_after_serves_plain_500() -> Non
     assert sent[0]["status"] == 500 and len(calls) == 1
     sent = asyncio.run(run(_http(), retries=0))
     assert sent[0]["status"] == 500
+
+
+def test_a_replica_lost_by_raising_is_retried_then_answered_as_json() -> None:
+    """Serve's proxy can also *raise* when the ingress replica dies under it (uvicorn then
+    writes a plain 500 outside every middleware): retried like the plain 500, and when every
+    try failed the client still gets the JSON error body."""
+    calls: list[int] = []
+
+    def dying(fail_times: int):  # type: ignore[no-untyped-def]
+        async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+            await receive()
+            calls.append(1)
+            if len(calls) <= fail_times:
+                raise RuntimeError("ActorDiedError: the replica died")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        return app
+
+    def run(fail_times: int) -> list[dict]:
+        calls.clear()
+        sent: list[dict] = []
+        incoming = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> dict:
+            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        front = ServeErrorsAsJSON(RetryLostRequest(dying(fail_times), retries=2, delay_s=0.0))
+        asyncio.run(front(_http(), receive, send))
+        return sent
+
+    sent = run(fail_times=2)
+    assert sent[0]["status"] == 200 and len(calls) == 3
+    sent = run(fail_times=5)  # every try lost: a JSON 500, not uvicorn's plain text
+    assert sent[0]["status"] == 500 and len(calls) == 3
+    body = json.loads(sent[1]["body"])
+    assert body["error"] == "internal_error" and "RuntimeError" in body["detail"]
+    assert body["request_id"]
