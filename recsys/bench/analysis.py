@@ -227,3 +227,19 @@ def stage_breakdown(components: pd.DataFrame, route: str | None = "search") -> d
 def cpu_per_request_ms(cpu_s: float, n_good: int) -> float:
     """CPU milliseconds per good request."""
     return cpu_s / n_good * 1000.0 if n_good else math.nan
+
+
+def spread(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Median, min, max and interquartile range of the repeats' values (None ignored)."""
+    x = np.asarray([v for v in values if v is not None], np.float64)
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return {"n": 0, "median": None, "min": None, "max": None, "iqr": None}
+    q1, q3 = np.percentile(x, [25, 75])
+    return {
+        "n": len(x),
+        "median": float(np.median(x)),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "iqr": float(q3 - q1),
+    }
