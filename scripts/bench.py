@@ -1,38 +1,59 @@
 #!/usr/bin/env python
-"""Side-by-side serving benchmark: in-process bound, naive HTTP, monolithic Serve, composed Serve.
+"""Side-by-side serving benchmark: in-process bound, naive HTTP, Serve in two topologies.
 
 In one run, on the same artifact, queries and models, every system gets the same seeded
-open-loop Poisson schedules (recsys.traffic) at a sweep of rates:
+open-loop Poisson schedules (recsys.traffic):
 
-  inprocess  the library Pipeline behind a dynamic batcher (no Ray, no HTTP): the bound
-  naive      one FastAPI/uvicorn process, Pipeline.run([one]) per request
-  monolith   one Serve replica with every stage and @serve.batch (deployments/monolith.py)
-  serve      the composed Serve app (deployments.app.build_app, local profile)
+  inprocess    the library Pipeline behind a dynamic batcher, torch / FAISS on every core
+               (no Ray, no HTTP): the bound
+  naive        the project's FastAPI app (recsys.bench.naive_server) under
+               `uvicorn --workers <cores>`: what a team would write first
+  serve        the Serve app in the default local topology (local profile)
+  serve_split  the same app with one deployment per stage (topology.layout=split)
+  serve_fused  the same app with the stages inside the ingress replicas (layout=fused)
+               (a topology that is the default's is measured once; one this recsys cannot
+               express is reported as an error and the run goes on)
+  monolith     one Serve replica with every stage and @serve.batch (not run by default)
 
-and reports the highest rate each sustains under the SLO, p50/p99 at fixed rates, CPU per
-request (process-tree and machine-wide methods), memory, a per-stage breakdown of Serve's
-latency, Serve variants against Serve (--variants), and offline speed/quality experiments
-(--experiments). Outputs under --out: report.md, summary.json, latency_vs_rate.png, raw
-records_*.parquet and points.parquet. Ray systems start one at a time, only when no other Ray
-instance runs on this machine; each is shut down through its own handles.
+Per system, per query stream, per repeat (own seed): the low-load points (200 requests at
+each of 10, 20, 40 req/s on the main stream; p50 overhead over in-process), then a search for
+the sustained rate (p99 <= SLO, >= 99% good) on a continuous rate: it starts near the system's
+own capacity (from its CPU per request at low load), climbs until a rate fails, and bisects
+until the bracket is within the tolerance, so no two systems share a grid point. The headline
+is the median of the repeats, with min-max and IQR.
+
+Query streams (--streams; the first is the main one, whose numbers are the old --json keys):
+  longtail  a share of the artifact's head queries, the rest variants generated from the
+            catalog (brand / attribute / category combinations, word order, typos): at most
+            half of the searches repeat an earlier query, as a real shop's log
+  cached    the artifact's queries by frequency (today's stream): most searches repeat one
+Each stream's query-cache hit rate is replayed from what each system was sent
+(recsys.bench.caches).
+
+Outputs under --out: report.md (numbers, spread, the command), summary.json, plots, raw
+records_<system>.parquet and points.parquet. Ray systems start one at a time, only when no
+other Ray instance runs on this machine; each is shut down through its own handles.
 
 examples:
-  python scripts/bench.py --quick                       # 4 systems, reduced sweep, < 10 min
-  python scripts/bench.py                               # full sweep, variants, experiments
-  python scripts/bench.py --systems inprocess,naive --quick --json
-  python scripts/bench.py --variants proxy,classic,uncoalesced --experiments none
+  python scripts/bench.py --quick --json           # 1 repeat, 6 s points, < 15 min
+  python scripts/bench.py --json                   # 20 s points, 3 repeats, < 45 min
+  python scripts/bench.py --systems inprocess,naive --streams longtail --quick
+  python scripts/bench.py --systems serve --variants proxy,nocache --experiments none
 
-variants (each measured against its baseline in the same run; all but threads2 are Serve
-apps compared with `serve`, threads2 is compared with `inprocess`). `serve` itself is the local
-default (deployments.serve_main.LOCAL_SERVE_ENV, local profile): throughput-optimised Serve
-with direct ingress, ingress coalescing (2 groups of up to 16 in flight), stages batching 16
-with no wait. The monolith runs under the same Serve settings.
+--json prints one object: the ratios (serve_vs_naive_sustained_ratio ... on the main stream,
+serve_split_vs_naive_sustained_ratio, serve_vs_naive_sustained_ratio_cached_stream,
+serve_p50_overhead_ms: median over the low rates of the p50 over in-process), the verdict,
+sustained_rps / low_load_p50_ms per system (main stream), and per stream the sustained rates,
+their spread, the cache hit rates and the stream's repeat share.
+
+variants (each measured against its baseline in the same run, on the main stream; all but
+threads1 are Serve apps compared with `serve`, threads1 is compared with `inprocess`).
   proxy        HTTP through Serve's proxy         classic    Serve's defaults, proxy
   uncoalesced  each request down the chain alone  inflight1 / inflight4  groups in flight
   batch8       stages batch 8 / 0 ms              batch32    stages batch 32 / 5 ms
   int8         encoder int8 quantisation          nocache    query caches off
   ingresscache cached searches skip the encoder (query cache at the ingress)
-  dashboard    default Ray start (dashboard)      threads2   in-process, 2 threads
+  dashboard    default Ray start (dashboard)      threads1   in-process, 1 thread
 experiments: raw_throughput, int8, cache, nprobe, candidates
 
 `python scripts/bench.py host --spec FILE` is the Ray host the benchmark starts for Serve
@@ -48,6 +69,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from recsys.bench.config import BenchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -70,29 +95,40 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifacts", default="artifacts/demo", help="artifact directory (read only)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench", help="output directory")
-    p.add_argument("--quick", action="store_true", help="reduced sweep (< 10 min for 4 systems)")
+    p.add_argument(
+        "--quick", action="store_true", help="1 repeat, 6 s points, coarser bracket (< 15 min)"
+    )
     p.add_argument(
         "--systems",
         type=_csv,
-        default="inprocess,naive,monolith,serve",
-        help="comma list of systems (default: all four)",
+        default=None,
+        help="comma list of systems (default: inprocess,naive,serve,serve_split,serve_fused)",
+    )
+    p.add_argument(
+        "--streams",
+        type=_csv,
+        default="longtail,cached",
+        help="query streams, the first the main one (default: longtail,cached)",
     )
     p.add_argument(
         "--variants",
         type=_csv,
         default=None,
-        help="comma list of Serve variants, or none (default: all; none with --quick)",
+        help="comma list of Serve variants, or none (default: none)",
     )
     p.add_argument(
         "--experiments",
         type=_csv,
         default=None,
-        help="comma list of offline experiments, or none (default: all)",
+        help="comma list of offline experiments, or none (default: cache)",
     )
-    p.add_argument("--rates", type=_floats, help="coarse rate grid, req/s (ascending)")
-    p.add_argument("--fixed-rates", type=_floats, help="rates every system reports p50/p99 at")
-    p.add_argument("--low-rate", type=float, help="low-load rate (default: first rate)")
-    p.add_argument("--duration", type=float, help="seconds of arrivals per rate")
+    p.add_argument("--low-rates", type=_floats, help="low-load rates, req/s (10,20,40)")
+    p.add_argument("--low-requests", type=int, help="requests at each low rate (200)")
+    p.add_argument("--repeats", type=int, help="repeats (3; 1 with --quick)")
+    p.add_argument("--start-rate", type=float, help="first searched rate (default: estimate)")
+    p.add_argument("--tolerance", type=float, help="bracket width to stop at (0.05; quick 0.12)")
+    p.add_argument("--max-points", type=int, help="searched rates per repeat at most")
+    p.add_argument("--duration", type=float, help="seconds of arrivals per searched rate")
     p.add_argument("--warmup", type=float, help="seconds of warm-up traffic per system")
     p.add_argument("--slo-ms", type=float, default=100.0, help="p99 SLO in ms (default 100)")
     p.add_argument(
@@ -101,7 +137,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="client timeout per request (s)")
     p.add_argument("--seed", type=int, default=0, help="schedule seed (same for every system)")
     p.add_argument("--mix", help="route weights, e.g. search=0.7,recommend=0.2,similar=0.1")
-    p.add_argument("--torch-threads", type=int, default=1, help="in-process / naive threads")
+    p.add_argument(
+        "--torch-threads", type=int, default=1, help="torch / FAISS threads per naive worker"
+    )
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="cores: in-process threads and naive workers (default: the machine's)",
+    )
     p.add_argument("--nice", type=int, default=15, help="niceness of load and non-Ray servers")
     p.add_argument(
         "--time-budget-min",
@@ -138,12 +182,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def bench_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def bench_config(args: argparse.Namespace) -> BenchConfig:
     """The BenchConfig the flags describe."""
     from deployments.profiles import local_profile
     from recsys.bench.config import (
-        EXPERIMENTS,
-        VARIANTS,
+        DEFAULT_SYSTEMS,
         BenchConfig,
         SloConfig,
         full_sweep,
@@ -154,33 +197,31 @@ def bench_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     sweep = quick_sweep() if args.quick else full_sweep()
     updates: dict[str, object] = {"timeout_s": args.timeout}
-    if args.rates:
-        updates["rates"] = args.rates
-    if args.duration:
-        updates["duration_s"] = args.duration
-    if args.warmup is not None:
-        updates["warmup_s"] = args.warmup
+    flags = {
+        "low_rates": args.low_rates,
+        "low_requests": args.low_requests,
+        "repeats": args.repeats,
+        "start_rate": args.start_rate,
+        "tolerance": args.tolerance,
+        "max_points": args.max_points,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+    }
+    updates.update({k: v for k, v in flags.items() if v is not None})
     sweep = sweep.model_validate({**sweep.model_dump(), **updates})
-    variants = (
-        args.variants if args.variants is not None else ([] if args.quick else list(VARIANTS))
-    )
-    experiments = args.experiments if args.experiments is not None else list(EXPERIMENTS)
-    fixed = (
-        args.fixed_rates
-        if args.fixed_rates is not None
-        else ([5.0, 10.0, 25.0] if args.quick else [5.0, 10.0, 20.0, 40.0])
-    )
+    variants = args.variants if args.variants is not None else []
+    experiments = args.experiments if args.experiments is not None else ["cache"]
+    systems = args.systems if args.systems is not None else list(DEFAULT_SYSTEMS)
     artifacts = str(Path(args.artifacts).resolve())
     app = local_profile().model_copy(update={"artifacts": artifacts})
     data: dict[str, object] = {
         "artifacts": artifacts,
         "app": app,
-        "systems": select_systems(args.systems, variants),
+        "systems": select_systems(systems, variants),
+        "streams": args.streams,
         "sweep": sweep,
         "slo": SloConfig(p99_ms=args.slo_ms, min_good_share=args.min_good),
         "seed": args.seed,
-        "fixed_rates": fixed,
-        "low_load_rate": args.low_rate,
         "torch_threads": args.torch_threads,
         "nice": args.nice,
         "experiments": experiments,
@@ -188,12 +229,14 @@ def bench_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         "max_background_cores": args.max_background_cores,
         "point_retries": args.point_retries,
     }
+    if args.cores:
+        data["cores"] = args.cores
     if args.mix:
         data["mix"] = parse_mix(args.mix)
     return BenchConfig.model_validate(data)
 
 
-def print_table(summary: dict, stream) -> None:  # type: ignore[no-untyped-def,type-arg]
+def print_table(summary: dict[str, Any], stream: TextIO) -> None:
     from recsys.bench.report import headline
     from recsys.reporting import markdown_table
 
@@ -212,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from recsys.bench.harness import ArtifactMissingError, Benchmark
     from recsys.bench.report import rerender, write_outputs
+    from recsys.bench.summary import low_load_overheads
 
     if args.rerender:
         notes_path = args.notes if args.notes is not None else args.out / "notes.md"
@@ -262,6 +306,20 @@ def main(argv: list[str] | None = None) -> int:
             **summary["ratios"],
             "verdict": summary["verdict"],
             "sustained_rps": {k: s["sustained_rps"] for k, s in summary["systems"].items()},
+            "streams": {
+                name: {
+                    "repeat_share": st["repeat_share"],
+                    "sustained_rps": st["sustained_rps"],
+                    "sustained_min_max": {
+                        k: [v.get("min"), v.get("max")] for k, v in st["sustained_spread"].items()
+                    },
+                    "cache_hit_rate": st["cache_hit_rate"],
+                }
+                for name, st in summary["streams"].items()
+            },
+            "low_load_overhead_ms": {
+                k: low_load_overheads(summary, k) for k in summary["systems"] if k != "inprocess"
+            },
             "low_load_p50_ms": {
                 k: (s.get("low_load") or {}).get("p50_ms") for k, s in summary["systems"].items()
             },
@@ -274,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             "requests": {
                 k: sum(p["n"] for p in s["points"]) for k, s in summary["systems"].items()
             },
+            "wall_s": round(summary["duration_s"], 1),
             "report": str(args.out / "report.md"),
             "summary": str(args.out / "summary.json"),
         }

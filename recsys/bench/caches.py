@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.bench.topology import layout_of
+from recsys.bench.topology import encoder_in_ingress
 from recsys.cache import EmbeddingCache, normalise_query
 from recsys.config import AppConfig
 
@@ -49,7 +49,7 @@ def cache_tiers(kind: str, app: AppConfig, workers: int = 1) -> list[CacheTier]:
         tiers.append(CacheTier("ingress", ingress_replicas, app.ingress.query_cache_size))
     encoders = (
         ingress_replicas
-        if layout_of(app) == "fused"
+        if encoder_in_ingress(app)
         else max(1, app.query_encoder.autoscaling.min_replicas)
     )
     tiers.append(CacheTier("encoder", encoders, encoder_cache))

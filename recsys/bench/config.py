@@ -1,18 +1,23 @@
 """Typed configuration of a benchmark run: the systems, the sweep, the SLO.
 
 A *system* is one way of serving the same artifact: ``inprocess`` (the library with a dynamic
-batcher, no HTTP), ``naive`` (one FastAPI/uvicorn process, one request at a time), ``monolith``
-(one Serve replica with every stage and ``@serve.batch``) and ``serve`` (the composed Serve
-app). A *variant* is a system with one setting changed (an environment variable, an AppConfig
-field, the Ray start); it is measured in the same run as the system it names as ``baseline``.
+batcher on every core, no HTTP: the bound), ``naive`` (the project's FastAPI app under uvicorn,
+one worker per core), ``monolith`` (one Serve replica with every stage and ``@serve.batch``),
+``serve`` (the Serve app in its default local topology) and ``serve_split`` (the same app with
+one deployment per stage). A *variant* is a system with one setting changed (an environment
+variable, an AppConfig field, the Ray start); it is measured in the same run as the system it
+names as ``baseline``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
+from recsys.bench.streams import STREAMS, StreamName
+from recsys.bench.topology import Layout
 from recsys.config import AppConfig, StrictModel
 from recsys.traffic.config import RouteMix
 
@@ -42,26 +47,44 @@ class SloConfig(StrictModel):
 
 
 class SweepConfig(StrictModel):
-    """The open-loop rate sweep every system goes through."""
+    """How each system is measured: low-load points, then a search for its sustained rate.
 
-    rates: list[float] = Field(min_length=1)
-    """Coarse grid of offered rates (req/s), ascending; the sweep stops early once a system
-    is clearly saturated and then refines between its last passing and first failing rate."""
+    The search runs on a continuous rate, per system: it starts near the system's own capacity
+    (estimated from the CPU per request of its low-load points), climbs or descends by
+    ``step`` until it brackets the sustained rate (a passing rate below a failing one), then
+    bisects (geometric middle) until the bracket is within ``tolerance``. Later repeats start
+    from the previous repeat's estimate with the finer ``repeat_step``. No grid is shared
+    between systems, so two systems report the same number only if they measure the same.
+    """
+
     duration_s: float = Field(gt=0, le=600)
-    """Seconds of arrivals per rate."""
+    """Seconds of arrivals per searched rate."""
+    low_rates: list[float] = Field(default_factory=lambda: [10.0, 20.0, 40.0], min_length=1)
+    """Low rates (req/s, ascending) where p50/p99 and the overhead over in-process are taken."""
+    low_requests: int = Field(200, ge=1)
+    """Scheduled requests at each low rate (its duration is ``low_requests / rate``)."""
+    repeats: int = Field(3, ge=1, le=10)
+    """Independent repeats (own seeds) of the low-load points and the search."""
+    start_rate: float | None = Field(None, gt=0)
+    """First searched rate of the first repeat (None: 0.8 x the system's CPU estimate)."""
+    step: float = Field(1.3, gt=1.0)
+    """Factor of the first repeat's climb / descent."""
+    repeat_step: float = Field(1.1, gt=1.0)
+    """Factor of the later repeats' climb / descent around the previous estimate."""
+    tolerance: float = Field(0.05, gt=0.0, lt=1.0)
+    """Bisect until the failing rate is within ``1 + tolerance`` of the passing one."""
+    max_points: int = Field(10, ge=2)
+    """Searched rates per repeat at most (the bracket found so far is then reported)."""
+    min_rate: float = Field(1.0, gt=0)
+    """The search never goes below this (a failure here: sustained 0)."""
+    max_rate: float = Field(2000.0, gt=0)
+    """Nor above this (a pass here: sustained >= max_rate, flagged)."""
     warmup_s: float = Field(3.0, ge=0)
     """Seconds of unrecorded traffic at ``warmup_rate`` before the sweep (JIT, caches, pools)."""
     warmup_rate: float = Field(10.0, gt=0)
     """Rate of the warm-up traffic."""
     settle_s: float = Field(2.0, ge=0)
     """Pause between two rates (queues drain, replicas settle)."""
-    refine_steps: int = Field(1, ge=0, le=4)
-    """Bisection steps between the last passing and the first failing grid rate."""
-    stop_p99_factor: float = Field(3.0, gt=1.0)
-    """Stop climbing after a failing rate whose p99 exceeds this multiple of the SLO (or whose
-    good share is under 90%): higher rates only queue more."""
-    max_failures: int = Field(2, ge=1)
-    """Stop climbing after this many failing rates in a row."""
     timeout_s: float = Field(5.0, gt=0, le=120)
     """Per-request client timeout; a request that gets no answer in time is a ``timeout``."""
     max_requests_per_point: int = Field(20_000, ge=1)
@@ -69,11 +92,19 @@ class SweepConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_rates(self) -> Self:
-        if any(r <= 0 for r in self.rates):
-            raise ValueError("sweep.rates must be > 0")
-        if list(self.rates) != sorted(set(self.rates)):
-            raise ValueError("sweep.rates must be strictly ascending")
+        if any(r <= 0 for r in self.low_rates):
+            raise ValueError("sweep.low_rates must be > 0")
+        if list(self.low_rates) != sorted(set(self.low_rates)):
+            raise ValueError("sweep.low_rates must be strictly ascending")
+        if self.min_rate >= self.max_rate:
+            raise ValueError("sweep.min_rate must be < sweep.max_rate")
         return self
+
+    def low_duration_s(self, rate: float) -> float:
+        """Seconds of arrivals at a low rate: Poisson arrivals three standard deviations above
+        ``low_requests``, so a point has at least that many requests in all but ~0.1% of
+        draws."""
+        return (self.low_requests + 3.0 * self.low_requests**0.5) / rate
 
 
 class BatchConfig(StrictModel):
@@ -105,14 +136,22 @@ class SystemSpec(StrictModel):
     batch: BatchConfig = BatchConfig()
     """Batching of ``inprocess`` and ``monolith``."""
     torch_threads: int | None = Field(None, ge=1)
-    """torch / FAISS threads of ``inprocess`` (None: the run's ``torch_threads``)."""
+    """torch / FAISS threads of ``inprocess`` (None: the machine's cores)."""
+    topology: Layout | None = None
+    """Serve systems: the topology to run (None: the profile's own, the default local one)."""
+    streams: list[StreamName] | None = None
+    """Streams this system is measured on (None: every stream of the run)."""
 
     def app_config(self, base: AppConfig) -> AppConfig:
-        """``base`` with :attr:`app_overrides` merged in (validated)."""
-        if not self.app_overrides:
-            return base
-        merged = deep_merge(base.model_dump(mode="json"), self.app_overrides)
-        return AppConfig.model_validate(merged)
+        """``base`` with :attr:`app_overrides` merged in and :attr:`topology` set (validated;
+        ``TopologyUnavailableError`` when this recsys cannot run that topology)."""
+        from recsys.bench.topology import with_layout
+
+        app = base
+        if self.app_overrides:
+            merged = deep_merge(base.model_dump(mode="json"), self.app_overrides)
+            app = AppConfig.model_validate(merged)
+        return with_layout(app, self.topology)
 
     @property
     def is_ray(self) -> bool:
@@ -145,13 +184,14 @@ class BenchConfig(StrictModel):
     """Seed of every schedule: the same rate gives the same requests for every system."""
     mix: RouteMix = RouteMix(search=0.7, recommend=0.2, similar=0.1)
     """Endpoint mix: mostly search, some recommendations and similar items."""
-    low_load_rate: float | None = Field(None, gt=0)
-    """Rate whose p50 defines the low-load overhead (None: the first sweep rate)."""
-    fixed_rates: list[float] = Field(default_factory=list)
-    """Rates whose p50/p99 every system reports (added to every sweep)."""
+    streams: list[StreamName] = Field(default_factory=lambda: list(STREAMS), min_length=1)
+    """Query streams measured, the first one the main one (the old keys of ``--json``)."""
     torch_threads: int = Field(1, ge=1)
-    """torch / FAISS threads of the in-process and naive pipelines (the Serve stages use their
+    """torch / FAISS threads of each naive worker (the Serve stages use their
     StageConfig.torch_threads; the local profile has 1)."""
+    cores: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    """Cores of the machine: torch / FAISS threads of the in-process bound, uvicorn workers
+    of the naive server (one per core)."""
     nice: int = Field(15, ge=0, le=19)
     """Niceness of the load generator, the in-process pipeline and the naive server: Ray runs
     its workers at 15, so everything that does request work competes on equal terms."""
@@ -180,7 +220,17 @@ class BenchConfig(StrictModel):
 
     @property
     def low_rate(self) -> float:
-        return self.low_load_rate or self.sweep.rates[0]
+        """The lowest low-load rate (the headline table's low-load column)."""
+        return self.sweep.low_rates[0]
+
+    @property
+    def main_stream(self) -> StreamName:
+        return self.streams[0]
+
+    def streams_of(self, spec: SystemSpec) -> list[StreamName]:
+        """The streams ``spec`` is measured on (this run's, in its order)."""
+        wanted = spec.streams if spec.streams is not None else STREAMS
+        return [s for s in self.streams if s in wanted]
 
     def system(self, name: str) -> SystemSpec:
         for s in self.systems:
@@ -212,25 +262,30 @@ class HostSpec(StrictModel):
 
 
 def full_sweep() -> SweepConfig:
-    """About 3-5 minutes per system on 2 cores."""
+    """20 s per searched rate, three repeats, 200 requests at each of three low rates."""
     return SweepConfig(
-        rates=[5, 10, 20, 30, 40, 50, 60, 75, 90, 110, 130, 160, 200, 250, 320, 400, 500],
-        duration_s=15.0,
+        duration_s=20.0,
+        low_rates=[10.0, 20.0, 40.0],
+        low_requests=200,
+        repeats=3,
+        tolerance=0.05,
+        max_points=8,
         warmup_s=5.0,
         settle_s=3.0,
-        refine_steps=2,
     )
 
 
 def quick_sweep() -> SweepConfig:
-    """About a minute per system: fewer, shorter points, one refinement."""
+    """One repeat of shorter points, a coarser bracket: the same keys in under 15 minutes."""
     return SweepConfig(
-        rates=[5, 10, 25, 40, 60, 90, 130, 200, 300, 450],
-        duration_s=5.0,
+        duration_s=6.0,
+        low_rates=[10.0, 20.0, 40.0],
+        low_requests=200,
+        repeats=1,
+        tolerance=0.12,
+        max_points=6,
         warmup_s=2.0,
         settle_s=1.0,
-        refine_steps=1,
-        max_failures=1,
     )
 
 
@@ -238,28 +293,51 @@ MAIN_SYSTEMS: dict[str, SystemSpec] = {
     "inprocess": SystemSpec(
         name="inprocess",
         kind="inprocess",
-        description="library Pipeline with a dynamic batcher (16 / 2 ms); no Ray, no HTTP",
+        description="library Pipeline with a dynamic batcher (16 / 2 ms), torch / FAISS on "
+        "every core; no Ray, no HTTP: the bound",
     ),
     "naive": SystemSpec(
         name="naive",
         kind="naive",
-        description="one FastAPI/uvicorn process, Pipeline.run([one]) per request",
+        description="the project's FastAPI app (recsys.bench.naive_server) under "
+        "`uvicorn --workers <cores>`, Pipeline.run([one]) per request, 1 torch thread a worker",
     ),
     "monolith": SystemSpec(
         name="monolith",
         kind="monolith",
         description="one Serve replica with every stage, @serve.batch 16 / 2 ms",
+        streams=["longtail"],
     ),
     "serve": SystemSpec(
         name="serve",
         kind="serve",
-        description="composed Serve app (build_app, local profile), lean Ray start, "
-        "throughput-optimised Serve with direct ingress (deployments.serve_main)",
+        description="the Serve app in the default local topology (local profile), lean Ray "
+        "start, throughput-optimised Serve with direct ingress (deployments.serve_main)",
+    ),
+    "serve_split": SystemSpec(
+        name="serve_split",
+        kind="serve",
+        description="the Serve app in the split topology (one deployment per stage), "
+        "otherwise as `serve`",
+        topology="split",
+        streams=["longtail"],
+    ),
+    "serve_fused": SystemSpec(
+        name="serve_fused",
+        kind="serve",
+        description="the Serve app in the fused topology (the stages inside the ingress "
+        "replicas), otherwise as `serve`",
+        topology="fused",
+        streams=["longtail"],
     ),
 }
+DEFAULT_SYSTEMS = ("inprocess", "naive", "serve", "serve_split", "serve_fused")
+"""Measured unless --systems says otherwise (the monolith only on request). A topology
+system whose config is the default's is measured once."""
 
 
 def _serve_variant(suffix: str, description: str, **fields: Any) -> SystemSpec:
+    fields.setdefault("streams", ["longtail"])
     return SystemSpec(
         name=f"serve:{suffix}", kind="serve", baseline="serve", description=description, **fields
     )
@@ -321,12 +399,13 @@ VARIANTS: dict[str, SystemSpec] = {
         "query cache of 4096 vectors at the ingress: a cached search skips the encoder call",
         app_overrides={"ingress": {"query_cache_size": 4096}},
     ),
-    "threads2": SystemSpec(
-        name="inprocess:threads2",
+    "threads1": SystemSpec(
+        name="inprocess:threads1",
         kind="inprocess",
         baseline="inprocess",
-        description="in-process pipeline with 2 torch / FAISS threads (all cores)",
-        torch_threads=2,
+        description="in-process pipeline with 1 torch / FAISS thread (one core)",
+        torch_threads=1,
+        streams=["longtail"],
     ),
     "dashboard": _serve_variant(
         "dashboard", "default Ray start (dashboard and its agents on)", include_dashboard=True

@@ -1,15 +1,19 @@
 """One benchmark run: every system through the same schedules, then the offline experiments.
 
 For each system in order: wait until the machine is quiet (no other Ray instance, little
-other load), start it (in this process, or a subprocess), measure its idle cost, warm it up,
-sweep the rates (a rate overlapped by someone else's work is measured again), stop it through
-its own handle. A system that fails to start or breaks mid-sweep is recorded with its error
-and the run goes on with the next one; an interrupt stops the current server and still
-writes what was measured.
+other load), start it (in this process, or a subprocess), measure its idle cost, warm it up;
+then for each query stream and each repeat: the low-load points (main stream), and the search
+for the sustained rate (``recsys.bench.sweep``; a rate overlapped by someone else's work is
+measured again); stop it through its own handle. A system whose config is the same as one
+already measured (``serve_split`` while the default local topology is split) is not measured
+twice: it reports that system's points. A system that fails to start or breaks mid-sweep is
+recorded with its error and the run goes on with the next one; an interrupt stops the current
+server and still writes what was measured.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -21,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from recsys.bench.analysis import outcome_problems
+from recsys.bench.analysis import outcome_problems, summarise_point
 from recsys.bench.batcher import (
     InProcessServer,
     load_pipeline,
@@ -30,9 +34,11 @@ from recsys.bench.batcher import (
     raw_batched_throughput,
 )
 from recsys.bench.config import BenchConfig, HostSpec, SystemSpec
+from recsys.bench.naive_app import naive_command, naive_env
 from recsys.bench.processes import foreign_ray_pids, load_average
 from recsys.bench.servers import ServerProcess, start_server, stop_server
-from recsys.bench.sweep import PointResult, run_sweep
+from recsys.bench.streams import StreamMaker, StreamName, search_queries
+from recsys.bench.sweep import PointResult, capacity_estimate, search_sustained
 from recsys.bench.targets import (
     HttpTarget,
     InProcessTarget,
@@ -41,6 +47,7 @@ from recsys.bench.targets import (
     background_cores,
     measure_idle,
 )
+from recsys.bench.topology import layout_of
 from recsys.pipeline import Pipeline
 from recsys.traffic.config import ConstantShape, SamplingConfig, TrafficConfig
 from recsys.traffic.schedule import Workload, build_schedule
@@ -88,6 +95,12 @@ class SystemRun:
     stopped: str | None = None
     log_path: str | None = None
     outcome_problems: list[str] = field(default_factory=list)
+    searches: list[tuple[str, str]] = field(default_factory=list)
+    """(stream, query) of every search sent, in order (for the cache hit rates)."""
+    searches_by_repeat: list[dict[str, Any]] = field(default_factory=list)
+    """One row per (stream, repeat) search: sustained, failing rate, pinned, points."""
+    same_as: str | None = None
+    """The system whose measurements these are (same config, measured once)."""
 
 
 @dataclass
@@ -132,18 +145,28 @@ class Benchmark:
         self.workload = Workload.from_artifact(
             check_artifact(config.artifacts), SamplingConfig(), config.seed
         )
+        self.stream_maker = StreamMaker.from_artifact(config.artifacts, config.seed)
         self._raw_rows: list[dict[str, Any]] = []
-        self._schedules: dict[tuple[float, int, float], tuple[TrafficConfig, pd.DataFrame]] = {}
+        self._schedules: dict[
+            tuple[float, str, int, float], tuple[TrafficConfig, pd.DataFrame]
+        ] = {}
 
     # -- schedules --
 
     def schedule(
-        self, rate: float, seed: int | None = None, duration_s: float | None = None
+        self,
+        rate: float,
+        stream: StreamName | None = None,
+        repeat: int = 0,
+        duration_s: float | None = None,
     ) -> tuple[TrafficConfig, pd.DataFrame]:
-        """The schedule of ``rate`` (the same object for every system)."""
-        seed = self.config.seed if seed is None else seed
+        """The schedule of ``rate`` in ``stream`` for ``repeat`` (the same object for every
+        system): arrivals, routes, shoppers and items from the traffic module with the
+        repeat's seed, search queries from the stream."""
+        stream = stream or self.config.main_stream
+        seed = self.config.seed + 1009 * repeat
         duration = self.config.sweep.duration_s if duration_s is None else duration_s
-        key = (float(rate), seed, duration)
+        key = (float(rate), stream, seed, duration)
         if key not in self._schedules:
             traffic = TrafficConfig(
                 target=PLACEHOLDER_TARGET,
@@ -154,14 +177,14 @@ class Benchmark:
                 timeout_s=self.config.sweep.timeout_s,
                 max_requests=self.config.sweep.max_requests_per_point,
             )
-            self._schedules[key] = (traffic, build_schedule(traffic, self.workload))
+            base = build_schedule(traffic, self.workload)
+            variant_key = hash((round(rate * 10), seed, round(duration * 10))) & 0xFFFFFFFF
+            self._schedules[key] = (traffic, self.stream_maker.apply(stream, base, variant_key))
         return self._schedules[key]
 
     def warmup_schedule(self) -> tuple[TrafficConfig, pd.DataFrame]:
         sweep = self.config.sweep
-        return self.schedule(
-            sweep.warmup_rate, seed=self.config.seed + 7919, duration_s=sweep.warmup_s
-        )
+        return self.schedule(sweep.warmup_rate, repeat=7919, duration_s=sweep.warmup_s)
 
     # -- systems --
 
@@ -186,6 +209,11 @@ class Benchmark:
                 self.log(f"[bench] {spec.name}: {reason}")
                 runs.append(SystemRun(spec, error=reason))
                 continue
+            twin = self._measured_twin(spec, runs)
+            if twin is not None:
+                self.log(f"[bench] {spec.name}: same config as {twin.spec.name}, not run again")
+                runs.append(self._copy_of(twin, spec))
+                continue
             try:
                 runs.append(self.run_system(spec))
             except KeyboardInterrupt:  # the server is stopped; keep what was measured
@@ -200,14 +228,53 @@ class Benchmark:
         )
 
     def search_queries(self) -> list[str]:
-        """Search queries of the measured schedules, in sweep order (for the cache replay)."""
+        """Main-stream search queries of the first repeat's schedules, in the order they were
+        built (for the offline cache experiment)."""
         out: list[str] = []
-        for (_, seed, duration), (_, frame) in self._schedules.items():
-            if seed != self.config.seed or duration != self.config.sweep.duration_s:
-                continue
-            bodies = frame.loc[frame["route"] == "search", "body"].dropna()
-            out += [json.loads(str(b))["query"] for b in bodies]
+        first_seed = self.config.seed
+        for (_, stream, seed, _), (_, frame) in self._schedules.items():
+            if stream == self.config.main_stream and seed == first_seed:
+                out += search_queries(frame)
         return out
+
+    def _identity(self, spec: SystemSpec) -> str | None:
+        """What makes a system's measurements (None: its config cannot be built)."""
+        try:
+            app = spec.app_config(self.config.app)
+        except ValueError:
+            return None
+        data = spec.model_dump(exclude={"name", "description", "baseline", "streams", "topology"})
+        return json.dumps([data, app.model_dump(mode="json")], sort_keys=True)
+
+    def _measured_twin(self, spec: SystemSpec, runs: Sequence[SystemRun]) -> SystemRun | None:
+        """An already measured system with the same config on every stream ``spec`` needs."""
+        mine = self._identity(spec)
+        if mine is None:
+            return None
+        streams = set(self.config.streams_of(spec))
+        for run in runs:
+            if run.error or run.same_as or not run.points:
+                continue
+            if self._identity(run.spec) == mine and streams <= set(
+                self.config.streams_of(run.spec)
+            ):
+                return run
+        return None
+
+    def _copy_of(self, twin: SystemRun, spec: SystemSpec) -> SystemRun:
+        streams = set(self.config.streams_of(spec))
+        return SystemRun(
+            spec,
+            points=[p for p in twin.points if p.summary.get("stream") in streams],
+            startup_s=twin.startup_s,
+            idle=twin.idle,
+            info={**twin.info, "same_as": twin.spec.name},
+            stopped=twin.stopped,
+            log_path=twin.log_path,
+            searches=twin.searches,
+            searches_by_repeat=[r for r in twin.searches_by_repeat if r["stream"] in streams],
+            same_as=twin.spec.name,
+        )
 
     def run_system(self, spec: SystemSpec) -> SystemRun:
         result = SystemRun(spec)
@@ -226,6 +293,7 @@ class Benchmark:
 
     def _sweep(self, inner: InProcessTarget | HttpTarget, result: SystemRun) -> None:
         spec = result.spec
+        sweep = self.config.sweep
         server = inner.server if isinstance(inner, HttpTarget) else None
         target = QuietGuard(
             inner,
@@ -236,30 +304,78 @@ class Benchmark:
         )
         warm_traffic, warm = self.warmup_schedule()
         if len(warm):
+            result.searches += [(self.config.main_stream, q) for q in search_queries(warm)]
             inner.run(warm, warm_traffic, False)
-            inner.settle(self.config.sweep.settle_s)
+            inner.settle(sweep.settle_s)
 
-        def on_point(point: PointResult) -> None:
-            result.points.append(point)  # kept even if a later rate is interrupted
-            s = point.summary
-            problems = outcome_problems(point.run.records, s["n"])
-            result.outcome_problems += [f"rate {s['rate']:g}: {p}" for p in problems]
-            verdict = "pass" if s["passes"] else "FAIL"
-            self.log(
-                f"[bench] {spec.name} @ {s['rate']:g} req/s: p50 {s['p50_ms']:.1f} ms, "
-                f"p99 {s['p99_ms']:.1f} ms, good {s['good_share']:.1%}, "
-                f"cpu {point.run.server_cpu_s:.1f}s -> {verdict}"
+        def measure(
+            rate: float, stream: StreamName, repeat: int, phase: str, duration: float | None
+        ) -> PointResult:
+            traffic, schedule = self.schedule(rate, stream, repeat, duration)
+            result.searches += [(stream, q) for q in search_queries(schedule)]
+            run = target.run(schedule, traffic, self.progress)
+            summary = summarise_point(
+                run.records, rate=rate, duration_s=traffic.duration_s, slo=self.config.slo
             )
+            summary.update(stream=stream, repeat=repeat, phase=phase)
+            point = PointResult(summary, run)
+            result.points.append(point)  # kept even if a later rate is interrupted
+            problems = outcome_problems(run.records, summary["n"])
+            result.outcome_problems += [f"{stream} rate {rate:g}: {p}" for p in problems]
+            verdict = "pass" if summary["passes"] else "FAIL"
+            self.log(
+                f"[bench] {spec.name} {stream} r{repeat + 1} {phase} @ {rate:g} req/s: "
+                f"p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
+                f"good {summary['good_share']:.1%}, cpu {run.server_cpu_s:.1f}s -> {verdict}"
+            )
+            target.settle(sweep.settle_s)
+            return point
 
-        run_sweep(
-            target,
-            lambda rate: self.schedule(rate),
-            self.config.sweep,
-            self.config.slo,
-            fixed_rates=self.config.fixed_rates,
-            progress=self.progress,
-            on_point=on_point,
-        )
+        estimate: float | None = None
+        for stream in self.config.streams_of(spec):
+            previous: float | None = None
+            for repeat in range(sweep.repeats):
+                if stream == self.config.main_stream:
+                    for rate in sweep.low_rates:
+                        point = measure(rate, stream, repeat, "low", sweep.low_duration_s(rate))
+                        if estimate is None or rate == sweep.low_rates[-1]:
+                            estimate = (
+                                capacity_estimate(
+                                    point.run, int(point.summary["n_good"]), self.config.cores
+                                )
+                                or estimate
+                            )
+                if sweep.start_rate is not None and previous is None:
+                    start, step = sweep.start_rate, sweep.step
+                elif previous:
+                    start, step = previous, sweep.repeat_step
+                else:
+                    start = 0.8 * estimate if estimate else sweep.low_rates[-1]
+                    step = sweep.step
+                found = search_sustained(
+                    functools.partial(
+                        measure, stream=stream, repeat=repeat, phase="search", duration=None
+                    ),
+                    start,
+                    sweep,
+                    step,
+                )
+                previous = found.sustained or None
+                row = {
+                    "stream": stream,
+                    "repeat": repeat,
+                    "start": start,
+                    "sustained": found.sustained,
+                    "failing": found.failing,
+                    "pinned": found.pinned,
+                    "points": len(found.points),
+                }
+                result.searches_by_repeat.append(row)
+                self.log(
+                    f"[bench] {spec.name} {stream} repeat {repeat + 1}: sustained "
+                    f"{found.sustained:g} req/s (fails at {found.failing}, "
+                    f"{'pinned' if found.pinned else 'point cap'})"
+                )
 
     def _run_inprocess(self, spec: SystemSpec, result: SystemRun) -> None:
         background = self._wait_for_quiet()
@@ -267,7 +383,7 @@ class Benchmark:
         app = spec.app_config(
             self.config.app.model_copy(update={"artifacts": self.config.artifacts})
         )
-        threads = spec.torch_threads or self.config.torch_threads
+        threads = spec.torch_threads or self.config.cores
         pipeline = load_pipeline(app, threads)
         result.startup_s = time.monotonic() - started
         server = InProcessServer(pipeline, spec.batch, self.config.sweep.timeout_s)
@@ -283,7 +399,7 @@ class Benchmark:
         load_pipeline_threads(self.config.torch_threads)  # back to the run's setting
 
     def _raw_throughput(self, pipeline: Pipeline, system: str, threads: int) -> None:
-        _, schedule = self.schedule(self.config.sweep.rates[-1])
+        _, schedule = self.schedule(self.config.sweep.low_rates[-1])
         requests = parse_schedule(schedule)[:512]
         rows = raw_batched_throughput(pipeline, requests, (1, 4, 16, 32, 64))
         self._raw_rows += [{"system": system, "torch_threads": threads, **r} for r in rows]
@@ -296,17 +412,7 @@ class Benchmark:
             self.config.app.model_copy(update={"artifacts": self.config.artifacts})
         )
         if spec.kind == "naive":
-            command = [
-                _python(),
-                "-m",
-                "recsys.bench.naive_server",
-                "--config",
-                app.model_dump_json(exclude_defaults=True),
-                "--port",
-                str(port),
-                "--threads",
-                str(self.config.torch_threads),
-            ]
+            command = naive_command(_python(), port, self.config.cores)
             return command, None, f"http://127.0.0.1:{port}"
         if self.ray_host_command is None:
             raise RuntimeError(f"{spec.name} needs a Ray host command (scripts/bench.py host)")
@@ -354,6 +460,12 @@ class Benchmark:
         background = self._wait_for_quiet()
         port = free_port()
         command, ready, url = self._server_command(spec, port)
+        env = dict(spec.env)
+        if spec.kind == "naive":
+            app = spec.app_config(
+                self.config.app.model_copy(update={"artifacts": self.config.artifacts})
+            )
+            env.update(naive_env(app, self.config.torch_threads))
         log_path = self.logs_dir / f"{_safe(spec.name)}.log"
         result.log_path = str(log_path)
         started = time.monotonic()
@@ -361,7 +473,7 @@ class Benchmark:
             spec.name,
             command,
             log_path=log_path,
-            env=spec.env,
+            env=env,
             nice=0 if spec.is_ray else self.config.nice,
             base_url=url,
             ready_file=ready,
@@ -375,6 +487,10 @@ class Benchmark:
                 **server.info,
                 "env": spec.env,
                 "background_cores_at_start": background,
+                **({"workers": self.config.cores} if spec.kind == "naive" else {}),
+                **(
+                    {"topology": layout_of(spec.app_config(self.config.app))} if spec.is_ray else {}
+                ),
             }
             result.idle = measure_idle(server, self.idle_seconds())
             self._sweep(HttpTarget(spec.name, server, self.config.nice), result)

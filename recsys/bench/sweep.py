@@ -1,12 +1,12 @@
-"""The rate sweep: one system through ascending open-loop rates, with early stop and refinement.
+"""The search for a system's sustained rate: open-loop points on a continuous rate.
 
-Every rate gets the same schedule for every system (``build_schedule`` with the run's seed, a
-constant Poisson shape at that rate, the same duration and mix). The sweep climbs the coarse
-grid until the system clearly saturates (``max_failures`` failing rates in a row, or one
-whose p99 exceeds ``stop_p99_factor`` x SLO or whose good share is under 90%), then bisects
-(geometric midpoints) between its sustained rate and the next failing one. A failing rate
-below a passing one is measured once more first (the later measurement decides). Rates named
-in ``fixed_rates`` are always measured, so every system reports p50/p99 there.
+A point is one schedule at one offered rate (``build_schedule`` with the repeat's seed, a
+constant Poisson shape, the same mix for every system). The search is per system: it starts
+near the system's own capacity, climbs (or descends) by a factor until a passing rate sits
+below a failing one, then bisects that bracket at its geometric middle until the failing rate
+is within ``1 + tolerance`` of the passing one. Nothing is rounded to a shared grid, so two
+systems only report the same rate if they measure the same. :func:`next_rate` is the whole
+policy, a pure function of the points so far.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from recsys.bench.analysis import summarise_point
-from recsys.bench.config import SloConfig, SweepConfig
+from recsys.bench.config import SweepConfig
 from recsys.traffic.config import TrafficConfig
 
 
@@ -66,88 +65,85 @@ ScheduleFactory = Callable[[float], tuple[TrafficConfig, pd.DataFrame]]
 """rate -> (traffic config, schedule); the same rate must give the same schedule."""
 
 
-def saturated(summary: dict[str, Any], slo: SloConfig, factor: float) -> bool:
-    """A failure so clear that higher rates cannot pass."""
-    p99 = float(summary["p99_ms"])
-    return float(summary["good_share"]) < 0.9 or math.isnan(p99) or p99 > factor * slo.p99_ms
+def bracket(history: Sequence[tuple[float, bool]]) -> tuple[float | None, float | None]:
+    """(highest passing rate below the lowest failing one, lowest failing rate); a pass above
+    a failure does not count (the sustained rate needs every lower rate tried to pass)."""
+    failed = [r for r, ok in history if not ok]
+    hi = min(failed) if failed else None
+    passed = [r for r, ok in history if ok and (hi is None or r < hi)]
+    return (max(passed) if passed else None), hi
 
 
-def refine_rates(lo: float, hi: float, steps: int) -> float | None:
-    """Next bisection rate between a passing ``lo`` and a failing ``hi`` (geometric middle,
-    rounded to a whole req/s), or None when the bracket is already tight (< 8% apart)."""
-    if steps <= 0 or hi <= lo or hi / max(lo, 1e-9) < 1.08:
+def next_rate(
+    history: Sequence[tuple[float, bool]],
+    start: float,
+    step: float,
+    tolerance: float,
+    min_rate: float,
+    max_rate: float,
+) -> float | None:
+    """The next rate to measure after ``history`` ((rate, passed) in order), or None when the
+    sustained rate is pinned: bracket within ``1 + tolerance``, or a pass at ``max_rate``, or
+    a failure at ``min_rate``."""
+    if not history:
+        return _rounded(min(max(start, min_rate), max_rate))
+    lo, hi = bracket(history)
+    if hi is None:  # everything passed: climb
+        assert lo is not None
+        return None if lo >= max_rate else _rounded(min(lo * step, max_rate))
+    if lo is None:  # everything failed: descend
+        return None if hi <= min_rate else _rounded(max(hi / step, min_rate))
+    if hi <= lo * (1.0 + tolerance):
         return None
-    mid = float(round(math.sqrt(max(lo, 1.0) * hi)))
+    mid = _rounded(math.sqrt(lo * hi))
     return mid if lo < mid < hi else None
 
 
-def run_sweep(
-    target: Target,
-    schedules: ScheduleFactory,
+def _rounded(rate: float) -> float:
+    """Rates to 0.1 req/s (a schedule per distinct rate; finer means nothing at 20 s)."""
+    return max(0.1, round(rate, 1))
+
+
+@dataclass
+class SearchResult:
+    """One repeat's search: its points and the bracket they left."""
+
+    points: list[PointResult]
+    sustained: float
+    """Highest passing rate below the lowest failing one (0: nothing passed)."""
+    failing: float | None
+    """Lowest failing rate (None: every rate passed up to ``max_rate`` or the point cap)."""
+    pinned: bool
+    """Whether the bracket reached the tolerance (False: the point cap stopped it)."""
+
+
+def search_sustained(
+    measure: Callable[[float], PointResult],
+    start: float,
     sweep: SweepConfig,
-    slo: SloConfig,
-    *,
-    fixed_rates: Sequence[float] = (),
-    progress: bool = True,
-    on_point: Callable[[PointResult], None] | None = None,
-    should_stop: Callable[[], str | None] | None = None,
-) -> list[PointResult]:
-    """Measure ``target`` over the grid (see the module docstring)."""
-    results: list[PointResult] = []
-    done: set[float] = set()
-
-    def measure(rate: float) -> PointResult:
-        traffic, schedule = schedules(rate)
-        run = target.run(schedule, traffic, progress)
-        summary = summarise_point(run.records, rate=rate, duration_s=traffic.duration_s, slo=slo)
-        result = PointResult(summary, run)
-        results.append(result)
-        done.add(rate)
-        if on_point is not None:
-            on_point(result)
-        target.settle(sweep.settle_s)
-        return result
-
-    grid = sorted(set(sweep.rates) | set(fixed_rates))
-    last_pass: float | None = None
-    first_fail: float | None = None
-    failures = 0
-    for rate in grid:
-        if should_stop is not None and (reason := should_stop()):
-            raise RuntimeError(f"sweep interrupted: {reason}")
-        if failures >= sweep.max_failures and rate not in fixed_rates:
-            continue
-        result = measure(rate)
-        if result.summary["passes"]:
-            failures = 0
-            if first_fail is None:
-                last_pass = rate
-        else:
-            failures += 1
-            first_fail = rate if first_fail is None else first_fail
-            if saturated(result.summary, slo, sweep.stop_p99_factor):
-                failures = sweep.max_failures
-    # A failure below a passing rate is contradicted by it: on a shared 2-core machine one
-    # 5 s point can fail from a stall that has nothing to do with the rate. Measure each such
-    # rate once more; its last measurement is its verdict (``analysis.sustained_rate``).
-    verdict = {r.summary["rate"]: bool(r.summary["passes"]) for r in results}
-    for rate in sorted(verdict):
-        if not verdict[rate] and any(ok and r > rate for r, ok in verdict.items()):
-            verdict[rate] = bool(measure(rate).summary["passes"])
-    last_pass, first_fail = None, None
-    for rate in sorted(verdict):
-        if not verdict[rate]:
-            first_fail = rate
+    step: float | None = None,
+) -> SearchResult:
+    """Measure rates chosen by :func:`next_rate` until it stops or ``max_points`` are spent."""
+    points: list[PointResult] = []
+    history: list[tuple[float, bool]] = []
+    factor = sweep.step if step is None else step
+    pinned = False
+    while len(points) < sweep.max_points:
+        rate = next_rate(history, start, factor, sweep.tolerance, sweep.min_rate, sweep.max_rate)
+        if rate is None:
+            pinned = True
             break
-        last_pass = rate
-    if first_fail is not None:
-        lo, hi = (last_pass or 0.0), first_fail
-        for step in range(sweep.refine_steps, 0, -1):
-            mid = refine_rates(lo, hi, step)
-            if mid is None or mid in done:
-                break
-            if measure(mid).summary["passes"]:
-                lo = mid
-            else:
-                hi = mid
-    return results
+        point = measure(rate)
+        points.append(point)
+        history.append((rate, bool(point.summary["passes"])))
+    lo, hi = bracket(history)
+    return SearchResult(points, lo or 0.0, hi, pinned)
+
+
+def capacity_estimate(point: PointRun, n_good: int, cores: int) -> float | None:
+    """Requests a second the machine's cores could serve at the CPU this point cost a
+    request (server and load generator together, both on this machine), None if unknown."""
+    if n_good <= 0:
+        return None
+    cpu_per_request = (point.server_cpu_s + point.client_cpu_s) / n_good
+    return cores / cpu_per_request if cpu_per_request > 0 else None

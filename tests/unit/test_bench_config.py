@@ -58,7 +58,7 @@ def test_bench_config_checks_names_and_baselines() -> None:
     with pytest.raises(ValidationError, match="baseline"):
         BenchConfig(artifacts="a", app=app, systems=[VARIANTS["proxy"]], sweep=quick_sweep())
     with pytest.raises(ValidationError, match="ascending"):
-        SweepConfig(rates=[20, 10], duration_s=1)
+        SweepConfig(low_rates=[20, 10], duration_s=1)
 
 
 def test_transport_variants_set_the_env_of_the_ray_instance() -> None:

@@ -34,4 +34,4 @@ def test_bench_notebook_runs_on_synthetic_outputs(
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # latency vs rate, Serve components by rate
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    assert "5 systems" in text
+    assert "6 systems" in text

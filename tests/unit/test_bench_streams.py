@@ -10,6 +10,7 @@ import pytest
 
 from recsys.bench.analysis import spread
 from recsys.bench.caches import CacheTier, cache_tiers, stream_hit_rates
+from recsys.bench.config import MAIN_SYSTEMS
 from recsys.bench.streams import (
     CatalogTerms,
     StreamMaker,
@@ -175,3 +176,5 @@ def test_topology_adapter() -> None:
         assert layout_of(app) == "split"
         with pytest.raises(TopologyUnavailableError, match="layout"):
             with_layout(app, "fused")
+    split = MAIN_SYSTEMS["serve_split"].app_config(app)
+    assert layout_of(split) == "split"

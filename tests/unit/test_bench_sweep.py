@@ -1,4 +1,5 @@
-"""The rate sweep (fake target) and the in-process dynamic batcher (fake pipeline)."""
+"""The search for the sustained rate (fake systems) and the in-process dynamic batcher (fake
+pipeline)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,14 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.bench.analysis import sustained_rate
 from recsys.bench.batcher import InProcessServer
-from recsys.bench.config import BatchConfig, SloConfig, SweepConfig
+from recsys.bench.config import BatchConfig, SweepConfig
 from recsys.bench.requests import BenchRequest
-from recsys.bench.sweep import PointRun, refine_rates, run_sweep
+from recsys.bench.sweep import PointResult, bracket, next_rate, search_sustained
 from recsys.traffic.config import ConstantShape, RouteMix, SamplingConfig, TrafficConfig
-from recsys.traffic.runner import RECORD_COLUMNS
 from recsys.traffic.schedule import Workload, build_schedule
 
 
@@ -34,103 +32,75 @@ def schedule(rate: float, duration: float = 1.0) -> tuple[TrafficConfig, pd.Data
     return traffic, build_schedule(traffic, workload())
 
 
-class CapacityTarget:
-    """Answers in 10 ms below ``capacity`` req/s, in 500 ms above it."""
+def fake_point(rate: float, passes: bool) -> PointResult:
+    """A measured rate whose summary says whether it passed (nothing else is read)."""
+    return PointResult({"rate": rate, "passes": passes}, None)  # type: ignore[arg-type]
 
-    name = "fake"
+
+class Capacity:
+    """A system that passes every rate up to ``capacity`` req/s and fails above it."""
 
     def __init__(self, capacity: float):
         self.capacity = capacity
         self.rates: list[float] = []
 
-    def run(self, sched: pd.DataFrame, traffic: TrafficConfig, progress: bool) -> PointRun:
-        rate = traffic.shape.rate  # type: ignore[union-attr]
+    def __call__(self, rate: float) -> PointResult:
         self.rates.append(rate)
-        n = len(sched)
-        latency = np.full(n, 10.0 if rate <= self.capacity else 500.0)
-        start = sched["scheduled_s"].to_numpy()
-        frame = pd.DataFrame(
-            {
-                "id": sched["id"].to_numpy(),
-                "scheduled_s": start,
-                "sent_s": start,
-                "done_s": start + latency / 1000,
-                "send_lag_ms": np.zeros(n),
-                "latency_ms": latency,
-                "response_ms": latency,
-                "route": sched["route"].astype("string"),
-                "method": sched["method"].astype("string"),
-                "status": np.full(n, 200),
-                "outcome": pd.array(["ok"] * n, dtype="string"),
-                "variant": pd.array(["control"] * n, dtype="string"),
-                "degraded": pd.array([False] * n, dtype="boolean"),
-                "degraded_reason": pd.array([None] * n, dtype="string"),
-                "error": pd.array([None] * n, dtype="string"),
-                "server_total_ms": latency,
-            }
-        )[RECORD_COLUMNS]
-        return PointRun(frame, {}, 1.0, 0.01, 0.5, 0.5)
-
-    def settle(self, seconds: float) -> None:
-        pass
+        return fake_point(rate, rate <= self.capacity)
 
 
-def test_sweep_stops_at_saturation_then_bisects() -> None:
-    target = CapacityTarget(capacity=70)
-    sweep = SweepConfig(rates=[10, 20, 40, 80, 160, 320], duration_s=1.0, refine_steps=2)
-    results = run_sweep(
-        target, lambda r: schedule(r), sweep, SloConfig(), fixed_rates=[10], progress=False
-    )
-    # 80 fails with p99 500 ms > 3 x SLO: no higher grid rate; then 57 (pass), 68 (pass)
-    assert target.rates == [10, 20, 40, 80, 57, 68]
-    assert [r.summary["passes"] for r in results] == [True, True, True, False, True, True]
+def sweep_config(**fields: Any) -> SweepConfig:
+    return SweepConfig(duration_s=1.0, **fields)
 
 
-def test_sweep_always_measures_the_fixed_rates() -> None:
-    target = CapacityTarget(capacity=5)
-    sweep = SweepConfig(rates=[10, 20, 40], duration_s=1.0, refine_steps=0, max_failures=1)
-    run_sweep(target, lambda r: schedule(r), sweep, SloConfig(), fixed_rates=[30], progress=False)
-    assert target.rates == [10, 30]
+def test_next_rate_starts_climbs_descends_and_bisects() -> None:
+    def nxt(history: list[tuple[float, bool]]) -> float | None:
+        return next_rate(history, 100.0, 1.5, 0.05, 1.0, 1000.0)
+
+    assert nxt([]) == 100.0
+    assert nxt([(100.0, True)]) == 150.0  # climb
+    assert nxt([(100.0, False)]) == 66.7  # descend
+    assert nxt([(100.0, True), (150.0, False)]) == 122.5  # geometric middle, not a grid
+    assert nxt([(100.0, True), (104.0, False)]) is None  # within 5%: pinned
+    # a pass above a failure does not count: the bracket is below the failure
+    assert bracket([(50.0, True), (80.0, False), (120.0, True)]) == (50.0, 80.0)
+    assert nxt([(1000.0, True)]) is None and nxt([(1.0, False)]) is None  # the bounds
+    assert next_rate([(900.0, True)], 100.0, 1.5, 0.05, 1.0, 1000.0) == 1000.0
 
 
-class StallingTarget(CapacityTarget):
-    """Fails the first measurement of ``stall_rate`` (a one-off stall), then behaves."""
-
-    def __init__(self, capacity: float, stall_rate: float):
-        super().__init__(capacity)
-        self.stall_rate = stall_rate
-
-    def run(self, sched: pd.DataFrame, traffic: TrafficConfig, progress: bool) -> PointRun:
-        run = super().run(sched, traffic, progress)
-        if traffic.shape.rate == self.stall_rate and self.rates.count(self.stall_rate) == 1:  # type: ignore[union-attr]
-            run.records["latency_ms"] = 150.0  # over the SLO, not saturated
-        return run
+@pytest.mark.parametrize("capacity", [3.7, 37.3, 151.0, 812.5])
+@pytest.mark.parametrize("start", [20.0, 400.0])
+def test_search_brackets_the_capacity_within_the_tolerance(capacity: float, start: float) -> None:
+    measure = Capacity(capacity)
+    found = search_sustained(measure, start, sweep_config(tolerance=0.05, max_points=30))
+    assert found.pinned and found.failing is not None
+    assert found.sustained <= capacity < found.failing
+    assert found.failing <= found.sustained * 1.05 + 0.1  # 0.1 req/s rounding
+    assert len(set(measure.rates)) == len(measure.rates)  # no rate measured twice
 
 
-def test_a_failure_below_a_passing_rate_is_measured_again() -> None:
-    target = StallingTarget(capacity=70, stall_rate=20)
-    sweep = SweepConfig(rates=[10, 20, 40, 80], duration_s=1.0, refine_steps=1, max_failures=2)
-    results = run_sweep(target, lambda r: schedule(r), sweep, SloConfig(), progress=False)
-    # 20 stalls, 40 passes, 80 saturates; 20 is measured again (passes); then 40..80 refined
-    assert target.rates == [10, 20, 40, 80, 20, 57]
-    frame = pd.DataFrame([r.summary for r in results])
-    assert sustained_rate(frame) == 57
+def test_close_capacities_never_share_a_number() -> None:
+    """Two systems 7% apart, searched from the same start, report different rates (a shared
+    coarse grid gave 161 / 161)."""
+    config = sweep_config(tolerance=0.05, max_points=30)
+    a = search_sustained(Capacity(150.0), 100.0, config)
+    b = search_sustained(Capacity(160.0), 100.0, config)
+    assert a.sustained < b.sustained
+    assert a.sustained != b.sustained
 
 
-def test_a_real_failure_stays_a_failure() -> None:
-    target = CapacityTarget(capacity=15)
-    sweep = SweepConfig(rates=[10, 20, 40], duration_s=1.0, refine_steps=0, max_failures=2)
-    results = run_sweep(target, lambda r: schedule(r), sweep, SloConfig(), progress=False)
-    assert target.rates == [10, 20]  # 20 saturates (p99 500 ms): nothing passes above it
-    assert sustained_rate(pd.DataFrame([r.summary for r in results])) == 10
+def test_the_point_cap_stops_the_search_unpinned() -> None:
+    measure = Capacity(500.0)
+    found = search_sustained(measure, 10.0, sweep_config(step=1.3, max_points=4))
+    assert len(measure.rates) == 4 and not found.pinned
+    assert found.failing is None and found.sustained == max(measure.rates)
 
 
-@pytest.mark.parametrize(
-    ("lo", "hi", "steps", "expected"),
-    [(40, 80, 1, 57.0), (0, 10, 1, 3.0), (50, 53, 1, None), (40, 80, 0, None)],
-)
-def test_refine_rates(lo: float, hi: float, steps: int, expected: float | None) -> None:
-    assert refine_rates(lo, hi, steps) == expected
+def test_a_later_repeat_starts_at_the_estimate_with_a_fine_step() -> None:
+    measure = Capacity(104.0)
+    found = search_sustained(measure, 100.0, sweep_config(tolerance=0.05), step=1.1)
+    assert measure.rates[:2] == [100.0, 110.0]
+    assert found.sustained >= 100.0 and len(measure.rates) <= 3
 
 
 class FakePipeline:
