@@ -352,8 +352,10 @@ class Ingress:
                     raise RuntimeError(f"warm-up through the chain kept failing: {missed}")
                 log.warning("warm-up through the chain not answered yet (%s); retrying", missed)
                 await asyncio.sleep(1.0)
-        # the warm-up's queries are not the shoppers': start with an empty query cache
+        # the warm-up's queries are not the shoppers': start with an empty query cache, and
+        # with no group times from cold stages in the admission's estimate
         self.query_cache = EmbeddingCache(self.config.ingress.query_cache_size)
+        self.admission.forget_groups()
         self.warm = True
         finish_cold_start(self.cold)
 

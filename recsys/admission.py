@@ -362,7 +362,9 @@ class InFlightLimit:
         self.max_in_flight = limit_from_env() if max_in_flight is None else max_in_flight
         self.retry_after_ms = retry_after_ms
         self.adaptive = (
-            AdaptiveLimit(self.max_in_flight, clock=clock)
+            # the floor: a quarter of the ceiling (half of one round of the ingresses' group
+            # slots), so a slow spell never throttles the front below what the load needs
+            AdaptiveLimit(self.max_in_flight, floor=max(16, self.max_in_flight // 4), clock=clock)
             if adaptive and self.max_in_flight
             else None
         )
@@ -558,6 +560,7 @@ class AdmissionPolicy:
         self.ewma_alpha = ewma_alpha
         self.retry_after_min_ms = retry_after_min_ms
         self.enabled = enabled
+        self.initial_group_ms = initial_group_ms
         self.group_ms = initial_group_ms
         self.admitted = 0
         self.rejected = 0
@@ -565,6 +568,12 @@ class AdmissionPolicy:
     def observe_group(self, wall_ms: float) -> None:
         """A group came back from the stages after ``wall_ms``."""
         self.group_ms += self.ewma_alpha * (wall_ms - self.group_ms)
+
+    def forget_groups(self) -> None:
+        """Start the group-time average again: a replica's warm-up groups (cold stages, seconds
+        each) say nothing about serving, and left in the average they would make a fresh
+        replica predict long waits and refuse most of its first traffic."""
+        self.group_ms = self.initial_group_ms
 
     def predicted_wait_ms(self, queue: QueueState) -> float:
         """How long a request arriving now waits for its group to leave: zero while a group

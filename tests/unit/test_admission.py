@@ -74,6 +74,9 @@ def test_predicted_wait_refuses_at_once_when_the_groups_ahead_take_too_long() ->
     assert refused is not None and refused.reason == "predicted_wait"
     assert refused.retry_after_ms >= 400  # about the time the queue needs to drain
     assert refused.headers["Retry-After"] == str(-(-refused.retry_after_ms // 1000))
+    policy.forget_groups()  # (a replica's cold warm-up groups): back to the first estimate
+    assert policy.predicted_wait_ms(BUSY) == pytest.approx(150.0)
+    assert policy.on_arrival(50.0, BUSY) is None
 
 
 def test_dispatch_drops_what_queued_past_the_limit_and_disabled_admits_everything() -> None:
