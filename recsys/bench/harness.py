@@ -38,7 +38,7 @@ from recsys.bench.naive_app import naive_command, naive_env
 from recsys.bench.processes import foreign_ray_pids, load_average
 from recsys.bench.servers import ServerProcess, start_server, stop_server
 from recsys.bench.streams import StreamMaker, StreamName, search_queries
-from recsys.bench.sweep import PointResult, capacity_estimate, search_sustained
+from recsys.bench.sweep import PointResult, capacity_estimate, search_start, search_sustained
 from recsys.bench.targets import (
     HttpTarget,
     InProcessTarget,
@@ -332,6 +332,7 @@ class Benchmark:
             return point
 
         estimate: float | None = None
+        sustained_by_stream: dict[str, float] = {}
         for stream in self.config.streams_of(spec):
             previous: float | None = None
             for repeat in range(sweep.repeats):
@@ -345,13 +346,12 @@ class Benchmark:
                                 )
                                 or estimate
                             )
-                if sweep.start_rate is not None and previous is None:
-                    start, step = sweep.start_rate, sweep.step
-                elif previous:
-                    start, step = previous, sweep.repeat_step
-                else:
-                    start = 0.8 * estimate if estimate else sweep.low_rates[-1]
-                    step = sweep.step
+                start, step = search_start(
+                    sweep,
+                    previous=previous,
+                    other_stream=max(sustained_by_stream.values(), default=None),
+                    estimate=estimate,
+                )
                 found = search_sustained(
                     functools.partial(
                         measure, stream=stream, repeat=repeat, phase="search", duration=None
@@ -361,6 +361,8 @@ class Benchmark:
                     step,
                 )
                 previous = found.sustained or None
+                if found.sustained and stream not in sustained_by_stream:
+                    sustained_by_stream[stream] = found.sustained
                 row = {
                     "stream": stream,
                     "repeat": repeat,

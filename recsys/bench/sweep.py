@@ -147,3 +147,25 @@ def capacity_estimate(point: PointRun, n_good: int, cores: int) -> float | None:
         return None
     cpu_per_request = (point.server_cpu_s + point.client_cpu_s) / n_good
     return cores / cpu_per_request if cpu_per_request > 0 else None
+
+
+def search_start(
+    sweep: SweepConfig,
+    *,
+    previous: float | None,
+    other_stream: float | None,
+    estimate: float | None,
+) -> tuple[float, float]:
+    """(first rate, climb factor) of one repeat's search: the configured start for the first
+    repeat, else the previous repeat's sustained rate with the fine ``repeat_step``, else the
+    system's sustained rate on a stream measured before, else 0.8 x its CPU estimate, else
+    the highest low rate."""
+    if previous:
+        return previous, sweep.repeat_step
+    if sweep.start_rate is not None:
+        return sweep.start_rate, sweep.step
+    if other_stream:
+        return other_stream, sweep.step
+    if estimate:
+        return 0.8 * estimate, sweep.step
+    return sweep.low_rates[-1], sweep.step

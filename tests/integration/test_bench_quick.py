@@ -77,9 +77,12 @@ def test_quick_bench_runs_every_system_and_accounts_for_every_request(
     assert all(v is not None and v >= START_RATE for v in result["sustained_rps"].values())
     assert result["serve_p50_overhead_ms"] is not None
     assert result["serve_vs_naive_sustained_ratio_cached_stream"] is not None
-    for stream in ("longtail", "cached"):
+    for stream, systems in (
+        ("longtail", {"inprocess", "naive", "serve"}),
+        ("cached", {"naive", "serve"}),
+    ):
         rates = result["streams"][stream]["cache_hit_rate"]
-        assert set(rates) >= {"inprocess", "naive", "serve"}
+        assert set(rates) >= systems
         assert all(0.0 <= v <= 1.0 for v in rates.values())
 
     for name in ("report.md", "summary.json", "latency_vs_rate.png", "points.parquet"):

@@ -13,7 +13,7 @@ import pytest
 from recsys.bench.batcher import InProcessServer
 from recsys.bench.config import BatchConfig, SweepConfig
 from recsys.bench.requests import BenchRequest
-from recsys.bench.sweep import PointResult, bracket, next_rate, search_sustained
+from recsys.bench.sweep import PointResult, bracket, next_rate, search_start, search_sustained
 from recsys.traffic.config import ConstantShape, RouteMix, SamplingConfig, TrafficConfig
 from recsys.traffic.schedule import Workload, build_schedule
 
@@ -155,3 +155,13 @@ def test_batcher_times_out_requests_it_cannot_reach_in_time() -> None:
     assert set(outcomes) <= {"ok", "timeout"} and outcomes.get("timeout", 0) > 0
     assert rec["outcome"].notna().all()
     assert sum(pipeline.batches) == outcomes.get("ok", 0)
+
+
+def test_search_start_prefers_the_previous_repeat_then_other_streams_then_the_estimate() -> None:
+    config = sweep_config(step=1.4, repeat_step=1.1, low_rates=[10.0, 40.0])
+    assert search_start(config, previous=120.0, other_stream=90.0, estimate=50.0) == (120.0, 1.1)
+    assert search_start(config, previous=None, other_stream=90.0, estimate=50.0) == (90.0, 1.4)
+    assert search_start(config, previous=None, other_stream=None, estimate=50.0) == (40.0, 1.4)
+    assert search_start(config, previous=None, other_stream=None, estimate=None) == (40.0, 1.4)
+    fixed = sweep_config(start_rate=15.0)
+    assert search_start(fixed, previous=None, other_stream=90.0, estimate=50.0)[0] == 15.0
