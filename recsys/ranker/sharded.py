@@ -13,6 +13,12 @@ Rank 0 drives: :class:`GangExecutor` broadcasts each batch to the other ranks, w
 :func:`serve_rank` until told to stop. How the other ranks are started is the caller's
 business (a :class:`WorkerLauncher`): processes here, Ray actors in the Serve deployment. The
 backend is NCCL when the ranks have GPUs, gloo otherwise.
+
+The ranks wait for the next batch's header on a separate gloo control group whose timeout is
+a day (:data:`IDLE_WAIT`), not the data group's ``timeout_s``: a gang may sit idle for minutes
+(before an announced sale, while the load is low), and a rank waiting on the data group would
+time out and end, breaking the gang. A rank 0 that dies closes its connections, so the waiting
+ranks still learn of it at once.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from recsys.ranker.sharding import RankShard, ShardingPlan
 from recsys.ranker.weights import load_slice, load_tensor
 
 OP_STOP, OP_FORWARD = 0, 1
+IDLE_WAIT = timedelta(days=1)  # how long a rank waits for the next batch's header
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -121,8 +128,17 @@ class RankSetup:
         return "nccl" if self.device.startswith("cuda") else "gloo"
 
 
-def join_group(setup: RankSetup) -> ShardedRanker:
-    """Initialise this process's rank of the group and load its shard."""
+@dataclass
+class Joined:
+    """A rank's loaded shard and the control group the batch headers come on."""
+
+    module: ShardedRanker
+    control: dist.ProcessGroup
+
+
+def join_group(setup: RankSetup) -> Joined:
+    """Initialise this process's rank of the group (and the control group) and load its
+    shard."""
     if setup.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(setup.device))
     dist.init_process_group(
@@ -132,17 +148,22 @@ def join_group(setup: RankSetup) -> ShardedRanker:
         world_size=setup.world_size,
         timeout=timedelta(seconds=setup.timeout_s),
     )
+    control = dist.new_group(backend="gloo", timeout=IDLE_WAIT)
     module = ShardedRanker.load(Path(setup.weights), setup.spec, setup.shard)
-    return module.to(setup.device, TORCH_DTYPES[setup.dtype])
+    return Joined(module.to(setup.device, TORCH_DTYPES[setup.dtype]), control)
 
 
 def _broadcast_batch(
-    sparse: torch.Tensor | None, dense: torch.Tensor | None, n_dense: int, device: str
+    control: dist.ProcessGroup,
+    sparse: torch.Tensor | None,
+    dense: torch.Tensor | None,
+    n_dense: int,
+    device: str,
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    header = torch.zeros(2, dtype=torch.int64, device=device)
+    header = torch.zeros(2, dtype=torch.int64)  # on the CPU: the control group is gloo
     if sparse is not None:
         header[0], header[1] = OP_FORWARD, len(sparse)
-    dist.broadcast(header, src=0)
+    dist.broadcast(header, src=0, group=control)
     op, n = int(header[0]), int(header[1])
     if op == OP_STOP:
         return op, torch.empty(0), torch.empty(0)
@@ -156,14 +177,16 @@ def _broadcast_batch(
 
 def serve_rank(setup: RankSetup) -> None:
     """Body of a non-zero rank: join, then run forwards rank 0 broadcasts until told to stop."""
-    module = join_group(setup)
+    joined = join_group(setup)
     try:
         with torch.inference_mode():
             while True:
-                op, sparse, dense = _broadcast_batch(None, None, len(DENSE_FEATURES), setup.device)
+                op, sparse, dense = _broadcast_batch(
+                    joined.control, None, None, len(DENSE_FEATURES), setup.device
+                )
                 if op == OP_STOP:
                     break
-                module(sparse, dense)
+                joined.module(sparse, dense)
     finally:
         dist.destroy_process_group()
 
@@ -210,7 +233,8 @@ class GangExecutor:
             for r in range(plan.tp)
         ]
         launcher.start(setups[1:])  # the others wait in init until rank 0 joins
-        self.module = join_group(setups[0])
+        joined = join_group(setups[0])
+        self.module, self.control = joined.module, joined.control
 
     def forward(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -219,7 +243,7 @@ class GangExecutor:
                 with torch.inference_mode():
                     s = torch.from_numpy(sparse).to(self.device)
                     d = torch.from_numpy(dense).to(self.device)
-                    _broadcast_batch(s, d, d.shape[1], self.device)
+                    _broadcast_batch(self.control, s, d, d.shape[1], self.device)
                     return self.module(s, d).float().cpu().numpy()
             except Exception as exc:  # a collective failed: the gang is unusable
                 self._broken = f"collective failed: {type(exc).__name__}: {exc}"
@@ -236,7 +260,7 @@ class GangExecutor:
             if self._broken is None and dist.is_initialized():
                 # best effort on shutdown: the peers may be gone already
                 with contextlib.suppress(Exception):
-                    _broadcast_batch(None, None, 0, self.device)  # header OP_STOP
+                    _broadcast_batch(self.control, None, None, 0, self.device)  # OP_STOP
             self.launcher.stop(timeout_s=10.0)
             if dist.is_initialized():
                 dist.destroy_process_group()

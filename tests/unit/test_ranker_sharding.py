@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,21 @@ def test_a_dead_rank_fails_health_and_forward_fast(tiny_artifact: Path) -> None:
             gang.forward(sparse, dense)
     finally:
         gang.close()
+
+
+@pytest.mark.slow
+def test_a_gang_idle_past_its_timeout_still_serves(tiny_artifact: Path) -> None:
+    """Ranks wait for the next batch on the control group, not the data group's timeout: a gang
+    left without requests for longer than ``timeout_s`` (before a sale, at night) stays whole."""
+    spec, weights = trained(tiny_artifact)
+    sparse, dense = sample_inputs(spec, 8)
+    reference = LocalExecutor(load_model(weights, spec)).forward(sparse, dense)
+    gang = local_gang(weights, plan_sharding(spec, 2), timeout_s=1)
+    try:
+        gang.forward(sparse, dense)
+        time.sleep(3)  # three data-group timeouts without a batch
+        gang.check_health()
+        got = gang.forward(sparse, dense)
+    finally:
+        gang.close()
+    assert np.abs(got - reference).max() < 1e-5
