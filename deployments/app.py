@@ -41,7 +41,11 @@ def autoscaling(config: AutoscalingConfig) -> dict[str, Any]:
 
 def stage_options(stage: StageConfig, retry_after_s: int) -> dict[str, Any]:
     return {
-        "ray_actor_options": {"num_cpus": stage.num_cpus, "num_gpus": stage.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": stage.num_cpus,
+            "num_gpus": stage.num_gpus,
+            **({"resources": dict(stage.resources)} if stage.resources else {}),
+        },
         "max_ongoing_requests": stage.ongoing,
         "max_queued_requests": stage.max_queued_requests,
         "health_check_period_s": stage.health_check_period_s,
@@ -61,6 +65,7 @@ def ranker_options(config: AppConfig) -> dict[str, Any]:
         bundle = {"CPU": config.ranker.num_cpus}
         if config.ranker.num_gpus:
             bundle["GPU"] = config.ranker.num_gpus
+        bundle.update(config.ranker.resources)
         options["placement_group_bundles"] = [dict(bundle) for _ in range(tp)]
         options["placement_group_strategy"] = "STRICT_PACK"
     return options
@@ -90,7 +95,10 @@ def build_app(args: AppConfig) -> Application:
     return configured(
         Ingress,
         name="Ingress",
-        ray_actor_options={"num_cpus": ingress.num_cpus},
+        ray_actor_options={
+            "num_cpus": ingress.num_cpus,
+            **({"resources": dict(ingress.resources)} if ingress.resources else {}),
+        },
         max_ongoing_requests=ingress.max_ongoing_requests,
         max_queued_requests=ingress.max_queued_requests,
         autoscaling_config=autoscaling(ingress.autoscaling),

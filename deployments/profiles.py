@@ -57,11 +57,22 @@ def local_profile() -> AppConfig:
     )
 
 
+SMALL_POOL = {"pool_gpu_small": 0.001}
+"""What a replica asks of the one-GPU pool (its nodes advertise ``pool_gpu_small: 1``,
+``k8s/cluster.yaml``): a tag more than a quantity, it keeps encoder, retriever and ingress
+replicas off the ranker's multi-GPU nodes, whose GPUs a fraction would strand."""
+MULTI_POOL = {"pool_gpu_multi": 0.001}
+"""What each rank of a ranker gang asks of the multi-GPU pool."""
+
+
 def gpu_profile() -> AppConfig:
-    def stage(cpus: float, gpus: float, batch: int, max_replicas: int) -> StageConfig:
+    def stage(
+        cpus: float, gpus: float, batch: int, max_replicas: int, pool: dict[str, float]
+    ) -> StageConfig:
         return StageConfig(
             num_cpus=cpus,
             num_gpus=gpus,
+            resources=pool,
             max_batch_size=batch,
             batch_wait_timeout_s=0.004,
             max_queued_requests=256,
@@ -77,12 +88,13 @@ def gpu_profile() -> AppConfig:
 
     return AppConfig(
         artifacts="s3://recsys-artifacts/demo",
-        query_encoder=stage(2, 0.5, 64, 8),
-        retriever=stage(2, 0.5, 64, 8),
-        ranker=stage(4, 1, 64, 4),
+        query_encoder=stage(2, 0.5, 64, 8, SMALL_POOL),
+        retriever=stage(2, 0.5, 64, 8, SMALL_POOL),
+        ranker=stage(4, 1, 64, 4, MULTI_POOL),
         topology=TopologyConfig(tp=2, rank_device_memory_gb=70),
         ingress=IngressConfig(
             num_cpus=1,
+            resources=SMALL_POOL,
             max_ongoing_requests=512,
             # each request down the chain on its own (group_max_size 1): the stages' ongoing
             # counts stay request counts, which is what their autoscaling targets mean

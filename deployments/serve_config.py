@@ -40,6 +40,7 @@ DEPLOYMENT_SECTIONS = {
 SERVE_OPTIONS: dict[str, tuple[str, ...]] = {
     "num_cpus": ("ray_actor_options", "num_cpus"),
     "num_gpus": ("ray_actor_options", "num_gpus"),
+    "resources": ("ray_actor_options", "resources"),
     "max_ongoing_requests": ("max_ongoing_requests",),
     "max_queued_requests": ("max_queued_requests",),
     "health_check_period_s": ("health_check_period_s",),

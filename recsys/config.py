@@ -286,6 +286,10 @@ class StageConfig(StrictModel):
     """Logical CPUs per replica (fractional on small machines)."""
     num_gpus: float = Field(0.0, ge=0)
     """Logical GPUs per replica (fractions let stages share a GPU)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources per replica (each rank's bundle of a gang): a node pool's nodes
+    advertise one (``k8s/cluster.yaml`` ``resources``), so replicas asking for it land only
+    there (the fractional-GPU stages stay off the ranker's multi-GPU nodes)."""
     max_batch_size: int = Field(16, ge=1)
     """``@serve.batch`` maximum batch size."""
     batch_wait_timeout_s: float = Field(0.002, ge=0)
@@ -341,6 +345,8 @@ class IngressConfig(StrictModel):
     """The HTTP front door."""
 
     num_cpus: float = Field(0.25, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources per replica (the node pool it belongs on; see ``StageConfig``)."""
     max_ongoing_requests: int = Field(256, ge=1)
     """Requests one ingress replica works on at once (async, mostly waiting on stages)."""
     max_queued_requests: int = Field(256, ge=-1)

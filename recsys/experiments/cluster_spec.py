@@ -57,6 +57,8 @@ class NodeTypeSpec(StrictModel):
     """Logical CPUs the node advertises (a scheduling label; compute shares the real cores)."""
     gpus: int = Field(ge=0)
     """Logical GPUs the node advertises (no device behind them)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources the node advertises (the pool's tag, as its KubeRay group's)."""
     min_workers: int = Field(0, ge=0)
     """Nodes of this type the autoscaler keeps at all times."""
     max_workers: int = Field(ge=1)
@@ -150,6 +152,7 @@ def spec_from_k8s(
                 name=group.name,
                 cpus=math.floor(parse_quantity(group.cpu)),
                 gpus=group.gpus,
+                resources=dict(group.resources),
                 min_workers=min(group.min_replicas, cap),
                 max_workers=cap,
                 arrival_s=(arrival_s or {}).get(group.name, 0.0),
@@ -180,6 +183,7 @@ def render_autoscaler_config(spec: FakeClusterSpec, gcs_address: str) -> dict[st
             "resources": {
                 "CPU": t.cpus,
                 "GPU": t.gpus,
+                **t.resources,
                 "object_store_memory": t.object_store_mb * 1024 * 1024,
             },
             "labels": {NODE_TYPE_LABEL: t.name},
@@ -235,19 +239,34 @@ def check_fits(serve_config: Mapping[str, Any], spec: FakeClusterSpec) -> list[s
     for app in serve_config.get("applications") or []:
         for deployment in app.get("deployments") or []:
             for demand in replica_demands(deployment):
-                if not any(
-                    demand.get("CPU", 0.0) <= t.cpus and demand.get("GPU", 0.0) <= t.gpus
-                    for t in spec.worker_types
-                ):
+                if not any(_fits(demand, t) for t in spec.worker_types):
                     offered = ", ".join(
-                        f"{t.name} CPU {t.cpus} GPU {t.gpus}" for t in spec.worker_types
+                        f"{t.name} {_describe(_offer(t))}" for t in spec.worker_types
                     )
                     problems.append(
-                        f"{app.get('name')}/{deployment.get('name')} needs CPU "
-                        f"{demand.get('CPU', 0):g} GPU {demand.get('GPU', 0):g} on one node; "
-                        f"node types offer {offered}"
+                        f"{app.get('name')}/{deployment.get('name')} needs "
+                        f"{_describe(demand)} on one node; node types offer {offered}"
                     )
     return problems
+
+
+def node_types_for(deployment: Mapping[str, Any], spec: FakeClusterSpec) -> list[str]:
+    """The worker node types one replica (or gang) of ``deployment`` can land on."""
+    demands = replica_demands(deployment)
+    return [t.name for t in spec.worker_types if all(_fits(d, t) for d in demands)]
+
+
+def _offer(t: NodeTypeSpec) -> dict[str, float]:
+    return {"CPU": t.cpus, "GPU": t.gpus, **t.resources}
+
+
+def _fits(demand: Mapping[str, float], t: NodeTypeSpec) -> bool:
+    offer = _offer(t)
+    return all(value <= offer.get(key, 0.0) for key, value in demand.items())
+
+
+def _describe(resources: Mapping[str, float]) -> str:
+    return " ".join(f"{k} {v:g}" for k, v in resources.items())
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -103,15 +103,23 @@ class NodeShape:
     group: str
     cpu: float
     gpu: float
+    custom: Mapping[str, float] = field(default_factory=dict)
+    """Custom resources (a pool's tag, ``pool_gpu_small``)."""
 
     def fits(self, demand: Mapping[str, float]) -> bool:
-        """Whether ``demand`` (``{"CPU": .., "GPU": ..}``) fits on one such node."""
-        return demand.get("CPU", 0.0) <= self.cpu and demand.get("GPU", 0.0) <= self.gpu
+        """Whether ``demand`` (``{"CPU": .., "GPU": .., custom...}``) fits on one such node."""
+        return all(
+            value <= {"CPU": self.cpu, "GPU": self.gpu}.get(key, self.custom.get(key, 0.0))
+            for key, value in demand.items()
+        )
 
 
 def node_shapes(spec: ClusterSpec) -> list[NodeShape]:
     """The node shapes the autoscaler can add (the head runs nothing: ``num-cpus: 0``)."""
-    return [NodeShape(g.name, parse_quantity(g.cpu), float(g.gpus)) for g in spec.worker_groups]
+    return [
+        NodeShape(g.name, parse_quantity(g.cpu), float(g.gpus), dict(g.resources))
+        for g in spec.worker_groups
+    ]
 
 
 def replica_demands(deployment: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -123,13 +131,24 @@ def replica_demands(deployment: Mapping[str, Any]) -> list[dict[str, float]]:
     """
     bundles = deployment.get("placement_group_bundles")
     if bundles:
-        demands = [{k: float(v) for k, v in b.items() if k in ("CPU", "GPU")} for b in bundles]
+        demands = [{k: float(v) for k, v in b.items() if k != "memory"} for b in bundles]
         if deployment.get("placement_group_strategy", "PACK") == "STRICT_PACK":
             return [_sum_demands(demands)]
         return demands
     options = deployment.get("ray_actor_options") or {}
     cpu = options.get("num_cpus")
-    return [{"CPU": 1.0 if cpu is None else float(cpu), "GPU": float(options.get("num_gpus") or 0)}]
+    custom = {k: float(v) for k, v in (options.get("resources") or {}).items()}
+    return [
+        {
+            "CPU": 1.0 if cpu is None else float(cpu),
+            "GPU": float(options.get("num_gpus") or 0),
+            **custom,
+        }
+    ]
+
+
+def _describe(resources: Mapping[str, float]) -> str:
+    return " ".join(f"{k} {v:g}" for k, v in resources.items())
 
 
 def _sum_demands(demands: Iterable[Mapping[str, float]]) -> dict[str, float]:
@@ -149,11 +168,13 @@ def check_capacity(serve_config: Mapping[str, Any], spec: ClusterSpec) -> list[s
         for deployment in app.get("deployments") or []:
             for demand in replica_demands(deployment):
                 if not any(shape.fits(demand) for shape in shapes):
-                    offered = ", ".join(f"{s.group}: CPU {s.cpu:g} GPU {s.gpu:g}" for s in shapes)
+                    offered = ", ".join(
+                        f"{s.group}: {_describe({'CPU': s.cpu, 'GPU': s.gpu, **s.custom})}"
+                        for s in shapes
+                    )
                     problems.append(
                         f"{app.get('name')}/{deployment.get('name')} needs "
-                        f"CPU {demand.get('CPU', 0):g} GPU {demand.get('GPU', 0):g} on one node; "
-                        f"worker groups offer {offered}"
+                        f"{_describe(demand)} on one node; worker groups offer {offered}"
                     )
     return problems
 
@@ -287,6 +308,8 @@ def _worker_group(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
     }
     if group.idle_timeout_seconds is not None:
         rendered["idleTimeoutSeconds"] = group.idle_timeout_seconds
+    if group.resources:  # Ray custom resources the pods advertise (KubeRay passes them on)
+        rendered["resources"] = {k: f"{v:g}" for k, v in group.resources.items()}
     rendered["rayStartParams"] = {"metrics-export-port": str(METRICS_PORT)}
     # No readinessProbe here on purpose: KubeRay injects one into RayService workers that
     # checks the raylet *and* Serve's proxy health (/-/healthz on the `serve` port), and a

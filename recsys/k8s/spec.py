@@ -150,6 +150,9 @@ class WorkerGroup(StrictModel):
     """Tolerations (None: tolerate the ``nvidia.com/gpu`` taint when ``gpus > 0``)."""
     idle_timeout_seconds: int | None = Field(None, ge=0)
     """Per-group override of the autoscaler's idle timeout (autoscaler v2 only)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each pod advertises (KubeRay ``resources``), e.g.
+    ``pool_gpu_small: 1``: replicas asking for one land only in this group."""
 
     @property
     def effective_tolerations(self) -> list[Toleration]:

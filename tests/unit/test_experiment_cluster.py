@@ -24,6 +24,7 @@ from recsys.experiments.cluster_spec import (
     check_fits,
     format_status,
     node_status_from_report,
+    node_types_for,
     parse_ray_status,
     render_autoscaler_config,
     replicas_from_serve_details,
@@ -94,10 +95,40 @@ def test_the_gpu_serve_config_fits_the_node_types() -> None:
     assert serve_config["proxy_location"] == "HeadOnly"
     assert check_fits(serve_config, local_spec()) == []
     only_small = FakeClusterSpec(
-        worker_types=[NodeTypeSpec(name="gpu-small", cpus=6, gpus=1, max_workers=2)]
+        worker_types=[
+            NodeTypeSpec(
+                name="gpu-small",
+                cpus=6,
+                gpus=1,
+                resources={"pool_gpu_small": 1},
+                max_workers=2,
+            )
+        ]
     )
     problems = check_fits(serve_config, only_small)
     assert len(problems) == 1 and "Ranker" in problems[0] and "GPU 2" in problems[0]
+
+
+def test_pools_keep_their_replicas_apart() -> None:
+    """Fractional-GPU stages and the ingress land only on gpu-small, ranker gangs only on
+    gpu-multi: the pools' custom resources, the same in the simulation and the RayService."""
+    serve_config = yaml.safe_load((ROOT / "deployments" / "configs" / "gpu.yaml").read_text())
+    spec = local_spec()
+    placed = {
+        d["name"]: node_types_for(d, spec) for d in serve_config["applications"][0]["deployments"]
+    }
+    assert placed == {
+        "QueryEncoder": ["gpu-small"],
+        "Retriever": ["gpu-small"],
+        "Ranker": ["gpu-multi"],
+        "Ingress": ["gpu-small"],
+    }
+    autoscaler = render_autoscaler_config(spec, "127.0.0.1:6390")["available_node_types"]
+    manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for group in groups:
+        for name, amount in group["resources"].items():
+            assert autoscaler[group["groupName"]]["resources"][name] == float(amount)
 
 
 def test_spec_validation() -> None:
