@@ -164,6 +164,7 @@ class ServeErrorsAsJSON:
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or []
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                started.append(True)
                 if message["status"] >= 400 and b"json" not in ctype.lower():
                     held = message  # rewrite once the whole body is here
                     return
@@ -174,15 +175,16 @@ class ServeErrorsAsJSON:
                     await _send_json(send, held, b"".join(chunks))
             else:
                 await send(message)
-            if message["type"] == "http.response.start":
-                started.append(True)
 
+        failure = "returned no answer"  # Serve's proxy, for a replica that died mid-request
         try:
             await self.app(scope, receive, wrapped_send)
         except Exception as exc:  # raised before any answer: still the documented JSON error
             if started:
                 raise
-            text = f"internal error ({type(exc).__name__}); retry later".encode()
+            failure = type(exc).__name__
+        if not started:
+            text = f"internal error ({failure}); retry later".encode()
             rid = _scope_request_id(scope).encode("ascii", "replace")
             start = {
                 "type": "http.response.start",
@@ -448,15 +450,18 @@ class RetryLostRequest:
         body = b"".join(chunks)
         import asyncio
 
+        gone = False  # the client hung up: nobody to retry for
         for attempt in range(self.retries + 1):
             replayed = False
 
             async def replay() -> dict[str, Any]:
-                nonlocal replayed
+                nonlocal replayed, gone
                 if not replayed:
                     replayed = True
                     return {"type": "http.request", "body": body, "more_body": more}
-                return dict(await receive())
+                message = dict(await receive())
+                gone = gone or message["type"] == "http.disconnect"
+                return message
 
             last = attempt == self.retries or more
             lost = False
@@ -481,7 +486,10 @@ class RetryLostRequest:
                 if started or last:
                     raise
                 lost = True
-            if not lost:
+            # Serve's proxy answers nothing at all for a replica that died mid-request (it
+            # leaves uvicorn to write a plain 500): lost too
+            lost = lost or not started
+            if not lost or last or gone:
                 return
             self.retried += 1
             await asyncio.sleep(self.delay_s * 2**attempt)  # backoff while the router learns

@@ -363,23 +363,25 @@ def test_retry_sends_an_idempotent_request_again_after_serves_plain_500() -> Non
 
 
 def test_a_replica_lost_by_raising_is_retried_then_answered_as_json() -> None:
-    """Serve's proxy can also *raise* when the ingress replica dies under it (uvicorn then
-    writes a plain 500 outside every middleware): retried like the plain 500, and when every
-    try failed the client still gets the JSON error body."""
+    """Serve's proxy can also raise, or answer nothing, when the ingress replica dies under it
+    (uvicorn then writes a plain 500 outside every middleware): retried like the plain 500,
+    and when every try failed the client still gets the JSON error body."""
     calls: list[int] = []
 
-    def dying(fail_times: int):  # type: ignore[no-untyped-def]
+    def dying(fail_times: int, silent: bool):  # type: ignore[no-untyped-def]
         async def app(scope, receive, send):  # type: ignore[no-untyped-def]
             await receive()
             calls.append(1)
             if len(calls) <= fail_times:
+                if silent:  # what Serve's proxy does: no answer at all (uvicorn writes a 500)
+                    return
                 raise RuntimeError("ActorDiedError: the replica died")
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
 
         return app
 
-    def run(fail_times: int) -> list[dict]:
+    def run(fail_times: int, silent: bool = False) -> list[dict]:
         calls.clear()
         sent: list[dict] = []
         incoming = [{"type": "http.request", "body": b"{}", "more_body": False}]
@@ -390,7 +392,9 @@ def test_a_replica_lost_by_raising_is_retried_then_answered_as_json() -> None:
         async def send(message: dict) -> None:
             sent.append(message)
 
-        front = ServeErrorsAsJSON(RetryLostRequest(dying(fail_times), retries=2, delay_s=0.0))
+        front = ServeErrorsAsJSON(
+            RetryLostRequest(dying(fail_times, silent), retries=2, delay_s=0.0)
+        )
         asyncio.run(front(_http(), receive, send))
         return sent
 
@@ -401,3 +405,7 @@ def test_a_replica_lost_by_raising_is_retried_then_answered_as_json() -> None:
     body = json.loads(sent[1]["body"])
     assert body["error"] == "internal_error" and "RuntimeError" in body["detail"]
     assert body["request_id"]
+    for silent_failures, status in ((2, 200), (5, 500)):  # no answer at all: the same
+        sent = run(fail_times=silent_failures, silent=True)
+        assert sent[0]["status"] == status and len(calls) == 3
+    assert json.loads(sent[1]["body"])["error"] == "internal_error"
