@@ -292,6 +292,7 @@ class Ingress:
             admission.max_queue_ms,
             retry_after_min_ms=admission.retry_after_min_ms,
             enabled=admission.enabled,
+            brownout_queue_ms=admission.brownout_queue_ms,
         )
         self.breakers = {
             stage: CircuitBreaker(stage, admission.breaker_failures, admission.breaker_open_s)
@@ -611,6 +612,8 @@ class Ingress:
         budget = self.policy.ranker_budget_s(deadline)
         if budget is None:
             reasons = ["ranker_deadline"] * len(preps)
+        elif self.admission.brownout(waited):  # a long queue: retrieval order, not a refusal
+            reasons = ["ranker_shed"] * len(preps)
         else:
             calls = {}
             for variant, picks in by_variant.items():

@@ -364,9 +364,9 @@ class InFlightLimit:
         self.max_in_flight = limit_from_env() if max_in_flight is None else max_in_flight
         self.retry_after_ms = retry_after_ms
         self.adaptive = (
-            # the floor: a quarter of the ceiling (half of one round of the ingresses' group
-            # slots), so a slow spell never throttles the front below what the load needs
-            AdaptiveLimit(self.max_in_flight, floor=max(16, self.max_in_flight // 4), clock=clock)
+            # the floor: an eighth of the ceiling (a quarter of one round of the ingresses'
+            # group slots): a slow spell never shuts the front below a useful trickle
+            AdaptiveLimit(self.max_in_flight, floor=max(8, self.max_in_flight // 8), clock=clock)
             if adaptive and self.max_in_flight
             else None
         )
@@ -548,7 +548,8 @@ class AdmissionPolicy:
     """Admit or refuse requests by the time they would spend queued (see the module doc).
 
     ``max_queue_ms``: the longest a request may wait, from its arrival at the server until its
-    group leaves for the stages. ``ewma_alpha``: weight of the newest group in the moving
+    group leaves for the stages. ``brownout_queue_ms``: past this wait a group skips the
+    ranker (:meth:`brownout`). ``ewma_alpha``: weight of the newest group in the moving
     average of a group's time through the stages. ``retry_after_min_ms``: the smallest retry
     hint given. ``enabled=False`` admits everything (the queues' own bounds still apply).
     """
@@ -561,6 +562,7 @@ class AdmissionPolicy:
         retry_after_min_ms: int = 100,
         enabled: bool = True,
         initial_group_ms: float = 50.0,
+        brownout_queue_ms: float | None = None,
     ):
         if max_queue_ms <= 0 or not 0 < ewma_alpha <= 1:
             raise ValueError("max_queue_ms must be > 0 and ewma_alpha in (0, 1]")
@@ -568,6 +570,7 @@ class AdmissionPolicy:
         self.ewma_alpha = ewma_alpha
         self.retry_after_min_ms = retry_after_min_ms
         self.enabled = enabled
+        self.brownout_queue_ms = brownout_queue_ms
         self.initial_group_ms = initial_group_ms
         self.group_ms = initial_group_ms
         self.admitted = 0
@@ -576,6 +579,14 @@ class AdmissionPolicy:
     def observe_group(self, wall_ms: float) -> None:
         """A group came back from the stages after ``wall_ms``."""
         self.group_ms += self.ewma_alpha * (wall_ms - self.group_ms)
+
+    def brownout(self, waited_ms: Iterable[float]) -> bool:
+        """Whether a group whose requests waited ``waited_ms`` should skip its most expensive
+        optional stage (the ranker): its longest wait is past ``brownout_queue_ms``, so the
+        queue behind it is long; a cheaper answer now beats a refusal later."""
+        if not self.enabled or self.brownout_queue_ms is None:
+            return False
+        return max(waited_ms, default=0.0) > self.brownout_queue_ms
 
     def forget_groups(self) -> None:
         """Start the group-time average again: a replica's warm-up groups (cold stages, seconds

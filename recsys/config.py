@@ -335,6 +335,10 @@ class AdmissionConfig(StrictModel):
     for the stages (measured, and predicted from the groups ahead of it)."""
     retry_after_min_ms: int = Field(100, ge=0)
     """Smallest retry hint (``Retry-After-Ms``) of a refusal."""
+    brownout_queue_ms: float | None = Field(125.0, gt=0)
+    """A group whose longest-waiting request queued longer than this skips the ranker and is
+    answered in retrieval order (degraded, ``ranker_shed``): under overload, cheaper answers
+    rather than refusals, while the queue is past half its budget. None: never."""
     breaker_failures: int = Field(3, ge=1)
     """Failures in a row after which a stage is treated as down and skipped."""
     breaker_open_s: float = Field(2.0, gt=0)

@@ -79,6 +79,16 @@ def test_predicted_wait_refuses_at_once_when_the_groups_ahead_take_too_long() ->
     assert policy.on_arrival(50.0, BUSY) is None
 
 
+def test_brownout_skips_the_ranker_only_for_a_group_that_queued_long() -> None:
+    policy = AdmissionPolicy(max_queue_ms=250, brownout_queue_ms=125)
+    assert not policy.brownout([0.0, 40.0, 120.0])
+    assert policy.brownout([0.0, 130.0])  # its longest wait decides
+    assert not policy.brownout([])
+    assert not AdmissionPolicy(max_queue_ms=250).brownout([1e6])  # off by default
+    off = AdmissionPolicy(max_queue_ms=250, brownout_queue_ms=125, enabled=False)
+    assert not off.brownout([1e6])
+
+
 def test_dispatch_drops_what_queued_past_the_limit_and_disabled_admits_everything() -> None:
     policy = AdmissionPolicy(max_queue_ms=250)
     assert policy.on_dispatch(100.0, BUSY) is None
