@@ -17,11 +17,16 @@ through ``deployments.cluster_provider.DelayedFakeMultiNodeProvider`` (an *exter
 to the autoscaler), which keeps a requested node pending for that long before its raylet
 starts.
 
-Why autoscaler v1: v2 (``RAY_enable_autoscaler_v2=1``) reads the fake provider's defaults file
-``fake_multi_node/example.yaml``, which the pip wheel does not ship, and exits at start (the
-external-provider route might avoid that; not tried yet). v1 has one cluster-wide idle timeout
-(``idle_timeout_minutes``), no per-type timeouts: the simulation uses the cluster-wide one of
-``k8s/cluster.yaml`` (``autoscaler.idle_timeout_seconds``), not a group's own.
+Why autoscaler v1 (tried with Ray 2.60.0, ``RAY_enable_autoscaler_v2=1``): over the stock
+fake provider v2's monitor exits at start, reading the provider's defaults file
+``ray/autoscaler/_private/fake_multi_node/example.yaml``, which the pip wheel does not ship
+(``FileNotFoundError``). Over the delayed provider as an external provider (5 s arrival), v2
+starts, and its scheduler logs "Adding 1 node(s) of type gpu-small/gpu-multi" for the
+minimum workers every second, but its instance manager records no instance besides the head,
+the provider logs no node request, and no worker arrived in 150 s (v1 brings both within the
+arrival time). v1 has one cluster-wide idle
+timeout (``idle_timeout_minutes``), no per-type timeouts: the simulation uses the cluster-wide
+one of ``k8s/cluster.yaml`` (``autoscaler.idle_timeout_seconds``), not a group's own.
 """
 
 from __future__ import annotations
