@@ -23,6 +23,7 @@ from recsys.experiments.spec import SUMMARY_FILE
 
 COMPARISON_FILE = "comparison.md"
 COMPARISON_PLOT = "comparison.png"
+COST_PLOT = "cost-vs-slo.png"
 
 
 def _phases(values: dict[str, float | None]) -> str:
@@ -93,8 +94,55 @@ def comparison_table(summaries: Sequence[ExperimentSummary]) -> str:
             "degraded / 503 / timeouts / errors",
             [f"{s.degraded} / {s.http_503} / {s.timeouts} / {s.errors}" for s in summaries],
         ),
+        (
+            "degraded by reason",
+            [
+                ", ".join(f"{k} {v}" for k, v in sorted(s.degraded_by_reason.items())) or "none"
+                for s in summaries
+            ],
+        ),
+        (
+            "degraded caused by scale-down (ranker failed/unavailable)",
+            [str(s.degraded_by_scale_down) for s in summaries],
+        ),
+        ("requests without an outcome", [str(s.requests_without_outcome) for s in summaries]),
+        (
+            "SLO-view p99 back under the SLO and staying there, after the rise (s)",
+            [
+                fmt_number(s.slo_recovery_s) if s.slo_recovery_s is not None else "never"
+                for s in summaries
+            ],
+        ),
+        (
+            "time to scale up by deployment (s from the rise)",
+            [
+                ", ".join(
+                    f"{k} {fmt_number(v)}"
+                    for k, v in sorted(s.time_to_scale_up_s_by_deployment.items())
+                )
+                for s in summaries
+            ],
+        ),
         ("replica-seconds", [f"{s.replica_seconds_total:.0f}" for s in summaries]),
         ("GPU-node-seconds", [f"{s.gpu_node_seconds:.0f}" for s in summaries]),
+        (
+            "GPU-node-seconds: hindsight / static peak (ratio of the run to each)",
+            [
+                f"{fmt_number(s.hindsight_gpu_node_seconds, digits=0)} / "
+                f"{fmt_number(s.static_peak_gpu_node_seconds, digits=0)} "
+                f"({fmt_number(s.gpu_node_seconds_vs_hindsight, 'x', digits=2)} / "
+                f"{fmt_number(s.gpu_node_seconds_vs_static_peak, 'x', digits=2)})"
+                for s in summaries
+            ],
+        ),
+        (
+            "cost per 1M requests (USD)",
+            [
+                f"{fmt_number(s.cost_per_million_requests, digits=0)} "
+                f"at {fmt_number(s.usd_per_gpu_hour, digits=2)}/GPU-hour"
+                for s in summaries
+            ],
+        ),
         ("GPU-seconds", [f"{s.gpu_seconds:.0f}" for s in summaries]),
         ("cost window (s)", [f"{s.cost_window_s:.0f}" for s in summaries]),
     ]
@@ -136,6 +184,33 @@ def comparison_figure(experiments: Sequence[Experiment]) -> Figure:
     return fig
 
 
+def cost_slo_figure(summaries: Sequence[ExperimentSummary]) -> Figure:
+    """SLO attainment against GPU-node-seconds (as a multiple of the hindsight allocation),
+    one point per run: the trade-off each policy picks."""
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax = fig.subplots()
+    for i, s in enumerate(summaries):
+        x, attained = s.gpu_node_seconds_vs_hindsight, s.slo_attainment
+        if x is None or attained is None:
+            continue
+        ax.scatter([x], [100.0 * attained], color=f"C{i}", s=60)
+        ax.annotate(
+            f"{s.name} ({s.policy})",
+            (x, 100.0 * attained),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    ax.axhline(99.0, color="red", ls=":", lw=1, label="SLO attainment 99%")
+    ax.axvline(1.3, color="grey", ls="--", lw=1, label="1.3x hindsight")
+    ax.set_xlabel("GPU-node-seconds / hindsight allocation's")
+    ax.set_ylabel("SLO attainment, whole run (%)")
+    ax.set_title("cost against SLO, per run")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 def write_comparison(directories: Sequence[str | Path], out_dir: str | Path, dpi: int = 90) -> str:
     """Write ``comparison.md`` and ``comparison.png`` into ``out_dir``; return the markdown."""
     out = Path(out_dir)
@@ -150,6 +225,7 @@ def write_comparison(directories: Sequence[str | Path], out_dir: str | Path, dpi
             else summarize(exp)
         )
     comparison_figure(experiments).savefig(out / COMPARISON_PLOT, dpi=dpi)
+    cost_slo_figure(summaries).savefig(out / COST_PLOT, dpi=dpi)
     commands = "\n".join(f"    {e.spec.command}" for e in experiments if e.spec.command)
     text = "\n".join(
         [
@@ -158,6 +234,8 @@ def write_comparison(directories: Sequence[str | Path], out_dir: str | Path, dpi
             comparison_table(summaries),
             "",
             f"![comparison]({COMPARISON_PLOT})",
+            "",
+            f"![cost against SLO]({COST_PLOT})",
             "",
             "Reports: "
             + ", ".join(

@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 
 from recsys.experiments.cluster_spec import ReplicaCounts
-from recsys.experiments.compare import COMPARISON_FILE, COMPARISON_PLOT, write_comparison
+from recsys.experiments.compare import (
+    COMPARISON_FILE,
+    COMPARISON_PLOT,
+    COST_PLOT,
+    write_comparison,
+)
 from recsys.experiments.report import (
     PLOTS,
     ExperimentSummary,
@@ -177,6 +182,8 @@ def test_write_comparison(tmp_path: Path) -> None:
     text = write_comparison([a, b], tmp_path / "cmp")
     assert (tmp_path / "cmp" / COMPARISON_FILE).read_text() == text
     assert (tmp_path / "cmp" / COMPARISON_PLOT).stat().st_size > 10_000
+    assert (tmp_path / "cmp" / COST_PLOT).stat().st_size > 5_000
+    assert "caused by scale-down" in text and "hindsight / static peak" in text
     assert "`step-a`" in text and "`step-b`" in text and "GPU-node-seconds" in text
     assert "../step-a/report.md" in text
     assert np.isfinite(len(text))
