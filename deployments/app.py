@@ -1,5 +1,9 @@
 """The Serve application builder: typed ``AppConfig`` -> composed Application.
 
+The topology is configuration (``AppConfig.topology``): ``split`` makes one deployment per
+stage, ``fused`` none but the ingress, whose replicas run the stages in-process
+(``recsys.fused``); ``topology.apart`` keeps chosen stages in deployments of their own.
+
 ``serve run deployments.app:build_app artifacts=...`` or a serve config whose application has
 ``import_path: deployments.app:build_app`` and ``args:`` (validated against ``AppConfig``).
 Deployment options (resources, batching, autoscaling, back-pressure) all come from the typed
@@ -76,21 +80,32 @@ def ranker_name(variant_index: int, variant: str) -> str:
 
 
 def build_app(args: AppConfig) -> Application:
-    """Compose ingress -> encoder -> retriever -> ranker (one ranker deployment per variant)."""
+    """Compose ingress -> encoder -> retriever -> ranker (one ranker deployment per variant),
+    each stage a deployment of its own unless ``topology`` puts it inside the ingress
+    replicas (``topology.layout: fused``; ``topology.apart`` keeps some apart)."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     retry = config.routing.retry_after_s
-    encoder = configured(
-        QueryEncoderDeployment, name="QueryEncoder", **stage_options(config.query_encoder, retry)
-    ).bind(config)
-    retriever = configured(
-        RetrieverDeployment, name="Retriever", **stage_options(config.retriever, retry)
-    ).bind(config)
-    rankers = {
-        v.name: configured(
-            RankerDeployment, name=ranker_name(i, v.name), **ranker_options(config)
-        ).bind(config, v.name, v.artifacts or config.artifacts)
-        for i, v in enumerate(config.routing.variants)
-    }
+    topology = config.topology
+    encoder = None
+    if not topology.in_ingress("encoder"):
+        encoder = configured(
+            QueryEncoderDeployment,
+            name="QueryEncoder",
+            **stage_options(config.query_encoder, retry),
+        ).bind(config)
+    retriever = None
+    if not topology.in_ingress("retriever"):
+        retriever = configured(
+            RetrieverDeployment, name="Retriever", **stage_options(config.retriever, retry)
+        ).bind(config)
+    rankers = {}
+    if not topology.in_ingress("ranker"):
+        rankers = {
+            v.name: configured(
+                RankerDeployment, name=ranker_name(i, v.name), **ranker_options(config)
+            ).bind(config, v.name, v.artifacts or config.artifacts)
+            for i, v in enumerate(config.routing.variants)
+        }
     ingress = config.ingress
     return configured(
         Ingress,

@@ -12,11 +12,11 @@ from typing import Any
 from ray import serve
 
 from deployments.metrics import stage_metrics
-from deployments.payloads import EncodedGroup, split_by_sizes
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys.cache import EmbeddingCache
 from recsys.config import AppConfig
 from recsys.encoder import QueryEncoder
+from recsys.stages import EncodedGroup, split_by_sizes
 from recsys.warmup import (
     LOAD,
     WARMUP,
@@ -30,7 +30,7 @@ from recsys.warmup import (
 
 @serve.deployment
 class QueryEncoderDeployment:
-    """``encode(queries) -> (vectors float32 (len(queries), 384), encode_ms)``.
+    """``encode(queries) -> EncodedGroup`` (vectors float32 (len(queries), 384), encode ms).
 
     Batched across calls; each call is one group of queries from the ingress."""
 
@@ -69,7 +69,7 @@ class QueryEncoderDeployment:
             m.cache_hits.inc(hits, tags={"stage": "encode"})
         m.cache_lookups.inc(len(queries), tags={"stage": "encode"})
         m.cache_hit_ratio.set(self.cache.hit_ratio, tags={"stage": "encode"})
-        return [(rows, ms) for rows in split_by_sizes(vectors, groups)]
+        return [EncodedGroup(rows, ms) for rows in split_by_sizes(vectors, groups)]
 
     def readiness(self) -> dict[str, Any]:
         """This replica's readiness and cold start (``recsys.warmup.stage_report``)."""

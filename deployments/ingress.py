@@ -1,12 +1,12 @@
 """The HTTP ingress: validation, routing, deadlines, degradation, errors, logs and metrics.
 
-Request path (search), for a group of concurrent requests (``recsys.coalesce``; the local
-profile coalesces up to 16, the GPU profile sends each request on its own)::
-
-    encoder.encode(queries) ──(response passed straight on)──> retriever.retrieve(...)
-        ──(passed straight on)──> ranker[variant].rank(...) within the deadline's share
-        -> top-k per request, or retrieval order with ``degraded: true`` when the ranker
-           is late, overloaded or failing.
+The request path is the orchestrator's (``recsys.orchestrator``), for a group of concurrent
+requests (``recsys.coalesce``; the local profile coalesces up to 16, the GPU profile sends
+each request on its own): encode -> retrieve -> rank per variant within the deadline's
+share -> top-k per request, or retrieval order with ``degraded: true`` when the ranker is
+late, overloaded or failing. The stages are Serve deployments reached through handles
+(``deployments.handles``; the split topology), or objects inside this replica
+(``recsys.fused``; the fused topology), or a mix, as ``topology`` says.
 
 Every answer is JSON with a request id (also in the ``X-Request-ID`` header and the access
 log). Bad input is a 4xx naming the problem; overload and blown deadlines are 503 with
@@ -27,39 +27,38 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.handles import HandleEncoder, HandleRanker, HandleRetriever
 from deployments.metrics import stage_metrics
-from deployments.payloads import Ranked, Retrieved
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys import __version__
 from recsys.access import AccessControl, AccessMiddleware, access_control
 from recsys.admission import (
     QUEUE_PRESSURE_HEADER,
     AdmissionPolicy,
-    CircuitBreaker,
     QueueState,
     Rejection,
     arrival_monotonic,
     queue_pressure,
 )
 from recsys.artifacts import Artifact
-from recsys.cache import EmbeddingCache, normalise_query
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
 from recsys.coalesce import Coalescer, QueueFull
 from recsys.config import AppConfig
-from recsys.request import PreparedRequest, new_request_id, prepare, ranked_items
+from recsys.fused import FusedStages
+from recsys.orchestrator import Answer, Job, Orchestrator, StageError, breakers_for
+from recsys.request import PreparedRequest, new_request_id, prepare
 from recsys.request_ids import pick_request_id
 from recsys.routing import Deadline, RoutingPolicy
+from recsys.stages import EncodeStage, RankStage, RetrieveStage, StageSet
 from recsys.types import (
     MAX_K,
     ErrorResponse,
@@ -87,9 +86,6 @@ if not access_log.handlers:
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
 
-Job = tuple[PreparedRequest, Deadline]
-"""One request waiting for its group: what to compute and its own deadline."""
-
 # Set by the ingress replica from its config (one ingress per process).
 LIMITS = {"max_body_bytes": 16_384}
 ACCESS = {"control": AccessControl()}
@@ -103,30 +99,6 @@ WARMUP_DEADLINE_MS = 120_000.0
 """Deadline of one warm-up attempt through the chain (a cold stage may be slow once)."""
 READINESS_TIMEOUT_S = 2.0
 """How long ``/readyz`` waits for each stage's answer."""
-
-
-class StageError(Exception):
-    """A stage could not answer in time or at all: the request gets a 503."""
-
-    def __init__(
-        self,
-        stage: str,
-        reason: str,
-        detail: str,
-        *,
-        down: bool = False,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(detail)
-        self.stage, self.reason, self.detail = stage, reason, detail
-        self.down = down
-        """The stage's replica was reported dead or the deployment unavailable."""
-        self.headers = headers
-        """Retry headers of the answer (default: the configured ``Retry-After``)."""
-
-
-DOWN_ERRORS = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "AioRpcError")
-"""Handle errors that mean the replica itself is gone (its stage's breaker opens at once)."""
 
 
 def error_response(
@@ -257,16 +229,40 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     )
 
 
+class IngressMetrics:
+    """The orchestrator's reports as Serve metrics (``recsys.orchestrator.Observer``)."""
+
+    def __init__(self, admission: AdmissionPolicy):
+        self.metrics = stage_metrics()
+        self.admission = admission
+
+    def group_done(self, size: int, chain_ms: float) -> None:
+        self.admission.observe_group(chain_ms)
+        self.metrics.batch_size.observe(size, tags={"stage": "ingress_group"})
+
+    def degraded(self, route: Route, reason: str) -> None:
+        self.metrics.degraded.inc(tags={"route": route, "reason": reason})
+
+    def query_cache(self, hits: int, lookups: int, hit_ratio: float) -> None:
+        tags = {"stage": "ingress"}
+        if hits:
+            self.metrics.cache_hits.inc(hits, tags=tags)
+        self.metrics.cache_lookups.inc(lookups, tags=tags)
+        self.metrics.cache_hit_ratio.set(hit_ratio, tags=tags)
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    """FastAPI ingress over the encoder, retriever and one ranker handle per variant."""
+    """FastAPI ingress over the encoder, retriever and one ranker per variant: deployment
+    handles for the stages the topology puts apart (``None`` / no entry for the others), the
+    in-process stages (``recsys.fused``) for those it puts in the ingress."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         config: AppConfig,
-        encoder: DeploymentHandle,
-        retriever: DeploymentHandle,
+        encoder: DeploymentHandle | None,
+        retriever: DeploymentHandle | None,
         rankers: dict[str, DeploymentHandle],
     ):
         self.cold = ColdStart(deployment_name("Ingress"))
@@ -279,14 +275,10 @@ class Ingress:
             self.artifact = Artifact.open(config.artifacts, config.cache_dir)
         with self.cold.phase(LOAD):
             self.catalog = Catalog.from_artifact(self.artifact)
+            self.fused = FusedStages.load(config, self.artifact)
         self.policy = RoutingPolicy(config.routing)
-        self.encoder = encoder
-        self.retriever = retriever
-        self.rankers = rankers
         self.metrics = stage_metrics()
         self.retry_after = {"Retry-After": str(config.routing.retry_after_s)}
-        self.query_cache = EmbeddingCache(config.ingress.query_cache_size)
-        self._background: set[asyncio.Task[None]] = set()
         admission = config.ingress.admission
         self.admission = AdmissionPolicy(
             admission.max_queue_ms,
@@ -294,28 +286,65 @@ class Ingress:
             enabled=admission.enabled,
             brownout_queue_ms=admission.brownout_queue_ms,
         )
-        self.breakers = {
-            stage: CircuitBreaker(stage, admission.breaker_failures, admission.breaker_open_s)
-            for stage in ("encode", "retrieve", *(f"rank:{v}" for v in rankers))
-        }
-        self.coalescer: Coalescer[Job, tuple[dict, dict]] = Coalescer(
-            self._run_group,
+        self.orchestrator = Orchestrator(
+            self._stage_set(encoder, retriever, rankers),
+            self.policy,
+            self.catalog,
+            self.artifact.version,
+            config.retrieval.n_candidates,
+            query_cache_size=config.ingress.query_cache_size,
+            breakers=breakers_for(self.policy.variants, admission),
+            observer=IngressMetrics(self.admission),
+            skip_ranker=self.admission.brownout,
+        )
+        self.coalescer: Coalescer[Job, Answer] = Coalescer(
+            self.orchestrator.run_group,
             max_batch_size=config.ingress.group_max_size,
             max_in_flight=config.ingress.groups_in_flight,
             max_queued=config.ingress.group_queue_limit,
             on_dispatch=self._shed_if_late,
         )
-        self.stages = {h.deployment_name: h for h in (encoder, retriever, *rankers.values())}
+        handles = [encoder, retriever, *rankers.values()]
+        self.stages = {h.deployment_name: h for h in handles if h is not None}
         own_ranker = {v.name for v in config.routing.variants if v.artifacts is None}
         self.expected_versions = {
-            retriever.deployment_name: self.artifact.version,
-            **{rankers[v].deployment_name: self.artifact.version for v in own_ranker},
+            **({retriever.deployment_name: self.artifact.version} if retriever else {}),
+            **{
+                rankers[v].deployment_name: self.artifact.version
+                for v in own_ranker
+                if v in rankers
+            },
         }
         await self._warm_up()
 
+    def _stage_set(
+        self,
+        encoder: DeploymentHandle | None,
+        retriever: DeploymentHandle | None,
+        rankers: dict[str, DeploymentHandle],
+    ) -> StageSet:
+        """Each stage from its handle, or in-process where the topology puts it here."""
+        local = self.fused
+
+        def pick(handle: DeploymentHandle | None, inside: Any, adapter: Any, role: str) -> Any:
+            if inside is not None:
+                return inside
+            if handle is None:
+                raise ValueError(f"the topology puts the {role} apart but it has no handle")
+            return adapter(handle)
+
+        enc: EncodeStage = pick(encoder, local.encoder, HandleEncoder, "encoder")
+        ret: RetrieveStage = pick(retriever, local.retriever, HandleRetriever, "retriever")
+        ranks: dict[str, RankStage] = {
+            v: pick(rankers.get(v), local.rankers.get(v), HandleRanker, f"ranker {v}")
+            for v in self.policy.variants
+        }
+        return StageSet(enc, ret, ranks)
+
     async def _warm_up(self) -> None:
-        """Wait for every stage, then send one request per route and variant through the
-        chain until all come back ranked; only then does Serve route to this replica."""
+        """Wait for every stage apart, warm the in-process ones, then send one request per
+        route and variant through the chain until all come back ranked; only then does Serve
+        route to this replica."""
         started = time.monotonic()
         with self.cold.phase(STAGES_WAIT):  # a handle's call waits for a running replica
 
@@ -333,19 +362,25 @@ class Ingress:
         )
         log = logging.getLogger("ray.serve")
         with self.cold.phase(WARMUP):
+            await asyncio.to_thread(
+                self.fused.warm_up,
+                self.artifact,
+                self.config.retrieval.n_candidates,
+                self.config.ingress.group_max_size,
+            )
             while True:
                 jobs = [
-                    (
+                    Job(
                         prepare(c.route, self.catalog, self.policy, self.config.default_k, **c.ids),
                         Deadline.starting_now(WARMUP_DEADLINE_MS),
                     )
                     for c in calls
                 ]
-                answers = await self._run_group(jobs)
+                answers = await self.orchestrator.run_group(jobs)
                 missed = [
-                    a.detail if isinstance(a, StageError) else a[0]["degraded_reason"]
+                    a.detail if isinstance(a, StageError) else a.response.degraded_reason
                     for a in answers
-                    if isinstance(a, StageError) or a[0]["degraded"]
+                    if isinstance(a, StageError) or a.response.degraded
                 ]
                 if not missed:
                     break
@@ -355,7 +390,7 @@ class Ingress:
                 await asyncio.sleep(1.0)
         # the warm-up's queries are not the shoppers': start with an empty query cache, and
         # with no group times from cold stages in the admission's estimate
-        self.query_cache = EmbeddingCache(self.config.ingress.query_cache_size)
+        self.orchestrator.forget_queries()
         self.admission.forget_groups()
         self.warm = True
         finish_cold_start(self.cold)
@@ -381,7 +416,8 @@ class Ingress:
                 version=self.artifact.version,
                 served=self.served,
                 replica=replica_id(),
-            ),
+            )
+            | ({"in_process": self.fused.served()} if self.fused.roles else {}),
             **await self._stage_reports(READINESS_TIMEOUT_S),
         }
         ready, body = readiness(reports, self.expected_versions)
@@ -517,7 +553,7 @@ class Ingress:
             refused = self.admission.on_arrival(deadline.elapsed_ms(), self._queue_state())
             if refused is not None:
                 raise self._overloaded(refused)
-            body, timings = await self._run(prep, deadline)
+            answer = await self._run(prep, deadline)
         except StageError as exc:
             self.metrics.rejected.inc(tags={"stage": exc.stage, "reason": exc.reason})
             status_error = "overloaded" if exc.reason == "overloaded" else "unavailable"
@@ -530,22 +566,27 @@ class Ingress:
                 headers[QUEUE_PRESSURE_HEADER.decode()] = queue_pressure(queued, budget)
             resp = error_response(503, status_error, exc.detail, request_id, headers)
             return self._finish(resp, request_id, route, prep.decision.variant, deadline, {})
-        pressure = queue_pressure(timings.get("group_wait", 0.0), self.admission.max_queue_ms)
+        waited = answer.timings.get("group_wait", 0.0)
+        pressure = queue_pressure(waited, self.admission.max_queue_ms)
         return self._finish(
-            JSONResponse(body, headers={QUEUE_PRESSURE_HEADER.decode(): pressure}),
+            JSONResponse(
+                answer.response.model_dump(),
+                headers={QUEUE_PRESSURE_HEADER.decode(): pressure},
+            ),
             request_id,
             route,
             prep.decision.variant,
             deadline,
-            timings,
-            degraded=body["degraded_reason"],
+            answer.timings,
+            degraded=answer.response.degraded_reason,
         )
 
-    async def _run(self, prep: PreparedRequest, deadline: Deadline) -> tuple[dict, dict]:
+    async def _run(self, prep: PreparedRequest, deadline: Deadline) -> Answer:
         """This request's answer, computed with whatever requests are concurrent with it
-        (``recsys.coalesce``): raises :class:`StageError` when it gets a 503."""
+        (``recsys.coalesce``, ``recsys.orchestrator``): raises :class:`StageError` when it
+        gets a 503."""
         try:
-            return await self.coalescer.submit((prep, deadline))
+            return await self.coalescer.submit(Job(prep, deadline))
         except QueueFull as exc:
             detail = f"ingress is overloaded ({exc}); retry later"
             raise StageError("ingress", "overloaded", detail) from None
@@ -560,205 +601,8 @@ class Ingress:
 
     def _shed_if_late(self, job: Job) -> StageError | None:
         """Coalescer hook as a group forms: drop a request that queued past the limit."""
-        refused = self.admission.on_dispatch(job[1].elapsed_ms(), self._queue_state())
+        refused = self.admission.on_dispatch(job.deadline.elapsed_ms(), self._queue_state())
         return None if refused is None else self._overloaded(refused)
-
-    async def _run_group(self, group: list[Job]) -> list[tuple[dict, dict] | StageError]:
-        """encode -> retrieve -> rank for a group, as one chain of responses, one call per
-        stage; requests whose ranked answer is late (or whose ranker is overloaded or failing)
-        are answered in retrieval order.
-
-        Each stage's response is handed to the next call as an argument, so this code never
-        awaits the intermediate results on the happy path; Serve resolves them: by reference
-        with its default transport (the value goes stage to stage through Ray's object
-        store), by value in the ingress's router with the gRPC transport of throughput-
-        optimised mode (the local default). Only when a ranked answer misses its share of
-        the deadline does the ingress await the retrieved candidates itself and answer in
-        their order. The group keeps the earliest deadline of its requests.
-        """
-        waited = [d.elapsed_ms() for _, d in group]  # queued for a group slot until now
-        preps = [prep for prep, _ in group]
-        deadline = min((d for _, d in group), key=lambda d: d.start + d.budget_s)
-        n = self.config.retrieval.n_candidates
-        queries: list[str] = []  # the ones the ingress's query cache does not hold
-        query_rows: list[int] = []  # each request's row in the encoder's answer (-1: none)
-        cached: list[np.ndarray | None] = []
-        for p in preps:
-            vec = None if p.query is None else self.query_cache.get(normalise_query(p.query))
-            cached.append(vec)
-            query_rows.append(len(queries) if p.query is not None and vec is None else -1)
-            if p.query is not None and vec is None:
-                queries.append(p.query)
-        self._count_cache(preps, cached)
-        needed = ["encode", "retrieve"] if queries else ["retrieve"]
-        for stage in needed:  # a stage known to be down is not waited out
-            breaker = self.breakers[stage]
-            if not breaker.allow():
-                return [StageError(stage, "unavailable", breaker.describe()) for _ in group]
-        encoded = self.encoder.encode.remote(queries) if queries else None
-        retrieved = self.retriever.retrieve.remote(
-            [p.retrieval(n, query_vec=vec) for p, vec in zip(preps, cached, strict=True)],
-            encoded,
-            query_rows,
-        )
-        upstream = "encode+retrieve" if queries else "retrieve"
-        by_variant: dict[str, list[int]] = {}
-        for i, p in enumerate(preps):
-            by_variant.setdefault(p.decision.variant, []).append(i)
-        ranked: list[Ranked | None] = [None] * len(preps)
-        reasons: list[str | None] = [None] * len(preps)
-        ranker_errors: dict[str, StageError] = {}
-        started = time.perf_counter()
-        budget = self.policy.ranker_budget_s(deadline)
-        if budget is None:
-            reasons = ["ranker_deadline"] * len(preps)
-        elif self.admission.brownout(waited):  # a long queue: retrieval order, not a refusal
-            reasons = ["ranker_shed"] * len(preps)
-        else:
-            calls = {}
-            for variant, picks in by_variant.items():
-                if not self.breakers[f"rank:{variant}"].allow():  # down: degrade at once
-                    for i in picks:
-                        reasons[i] = "ranker_unavailable"
-                    continue
-                calls[variant] = self._call(
-                    self.rankers[variant].rank.remote(
-                        [preps[i].rank_query() for i in picks], retrieved, picks
-                    ),
-                    budget,
-                    "rank",
-                )
-            outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
-            for variant, outcome in zip(calls, outcomes, strict=True):
-                picks = by_variant[variant]
-                if isinstance(outcome, StageError):
-                    ranker_errors[variant] = outcome
-                    for i in picks:
-                        reasons[i] = f"ranker_{outcome.reason}"
-                elif isinstance(outcome, BaseException):
-                    raise outcome
-                else:
-                    self.breakers[f"rank:{variant}"].record_success()
-                    for i, answer in zip(picks, outcome, strict=True):
-                        ranked[i] = answer
-        answers: list[tuple[dict, dict] | StageError] = []
-        fallback: list[Retrieved] | StageError | None = None
-        if any(reasons):  # was it the ranker, or retrieval itself? Retrieval decides.
-            try:
-                fallback = await self._call(retrieved, deadline.remaining_s(), upstream)
-            except StageError as exc:
-                fallback = exc
-        await self._judge_stages(needed, encoded, fallback, ranker_errors)
-        chain_ms = (time.perf_counter() - started) * 1000.0
-        self.admission.observe_group(chain_ms)
-        for i, (prep, request_deadline) in enumerate(group):
-            reason = reasons[i]
-            if reason is None:
-                candidates, scores, timings = ranked[i]  # type: ignore[misc]
-                timings = dict(timings)
-            elif isinstance(fallback, StageError):
-                answers.append(StageError(fallback.stage, fallback.reason, fallback.detail))
-                continue
-            else:
-                assert fallback is not None
-                candidates, timings = fallback[i]
-                scores, timings = None, dict(timings)
-                self.metrics.degraded.inc(tags={"route": prep.route, "reason": reason})
-            timings["group_wait"] = waited[i]
-            timings["chain_wall"] = chain_ms
-            timings["group_size"] = float(len(preps))
-            timings["total"] = request_deadline.elapsed_ms()
-            body = RankedResponse(
-                request_id=prep.request_id,
-                route=prep.route,
-                variant=prep.decision.variant,
-                degraded=reason is not None,
-                degraded_reason=reason,
-                items=ranked_items(self.catalog, candidates, scores, prep.k),
-                timings_ms={key: round(v, 3) for key, v in timings.items()},
-                artifact_version=self.artifact.version,
-            )
-            answers.append((body.model_dump(), timings))
-        self.metrics.batch_size.observe(len(preps), tags={"stage": "ingress_group"})
-        if encoded is not None and self.query_cache.capacity:  # off the answers' path
-            task = asyncio.create_task(self._remember(queries, encoded))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return answers
-
-    async def _judge_stages(
-        self,
-        needed: list[str],
-        encoded: Any,
-        fallback: list[Retrieved] | StageError | None,
-        ranker_errors: dict[str, StageError],
-    ) -> None:
-        """Tell each stage's breaker how its call went: a ranker failed only when retrieval
-        itself answered; when retrieval failed, the encoder did if its own answer failed."""
-        if not isinstance(fallback, StageError):
-            for stage in needed:
-                self.breakers[stage].record_success()
-            for variant, exc in ranker_errors.items():
-                if exc.reason != "overloaded":  # a full queue means alive: not a failure
-                    self.breakers[f"rank:{variant}"].record_failure(exc.detail, down=exc.down)
-            return
-        if fallback.reason == "overloaded":
-            return
-        blamed = "retrieve"
-        if encoded is not None:
-            try:
-                await asyncio.wait_for(encoded, timeout=0.05)
-            except Exception:  # the encoder's own answer failed or never came
-                blamed = "encode"
-        self.breakers[blamed].record_failure(fallback.detail, down=fallback.down)
-        if blamed == "encode":
-            fallback.stage = "encode"
-
-    def _count_cache(self, preps: list[PreparedRequest], cached: list[np.ndarray | None]) -> None:
-        lookups = sum(p.query is not None for p in preps)
-        if not lookups or not self.query_cache.capacity:
-            return
-        hits = sum(vec is not None for vec in cached)
-        tags = {"stage": "ingress"}
-        if hits:
-            self.metrics.cache_hits.inc(hits, tags=tags)
-        self.metrics.cache_lookups.inc(lookups, tags=tags)
-        self.metrics.cache_hit_ratio.set(self.query_cache.hit_ratio, tags=tags)
-
-    async def _remember(self, queries: list[str], encoded: Any) -> None:
-        """Keep the group's new query vectors (the encoder's answer is resolved by now on the
-        happy path; a failed or late encoder leaves the cache as it was)."""
-        try:
-            vectors, _ = await asyncio.wait_for(encoded, timeout=5.0)
-        except Exception:  # the request path already answered for this failure
-            return
-        for query, vec in zip(queries, vectors, strict=True):
-            self.query_cache.put(normalise_query(query), vec)
-
-    async def _call(self, response: Any, timeout_s: float, stage: str) -> Any:
-        """Await a stage's answer within ``timeout_s``; map failures to :class:`StageError`."""
-        if timeout_s <= 0:
-            response.cancel()
-            raise StageError(stage, "deadline", f"request deadline exceeded before {stage}")
-        try:
-            return await asyncio.wait_for(response, timeout=timeout_s)
-        except TimeoutError:
-            response.cancel()
-            raise StageError(
-                stage, "deadline", f"{stage} did not answer within {timeout_s * 1000:.0f} ms"
-            ) from None
-        except BackPressureError:
-            raise StageError(stage, "overloaded", f"{stage} is overloaded; retry later") from None
-        except DeploymentUnavailableError as exc:
-            detail = f"{stage} is unavailable: {exc}"
-            raise StageError(stage, "unavailable", detail, down=True) from None
-        except Exception as exc:  # a replica died or raised: answer 503, never hang
-            name = type(exc).__name__
-            logging.getLogger("ray.serve").warning("%s failed: %r", stage, exc)
-            if name in DOWN_ERRORS or isinstance(exc, RayActorError):
-                detail = f"{stage} is unavailable (its replica died: {name}); retry later"
-                raise StageError(stage, "unavailable", detail, down=True) from exc
-            raise StageError(stage, "failed", f"{stage} failed ({name}); retry later") from exc
 
     def _finish(
         self,

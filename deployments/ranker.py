@@ -9,11 +9,11 @@ from typing import Any
 from ray import serve
 
 from deployments.metrics import stage_metrics
-from deployments.payloads import Ranked, Retrieved, split_by_sizes
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.ranking import CandidateRanker
+from recsys.stages import Ranked, Retrieved, rank_requests, split_by_sizes
 from recsys.types import RankQuery, RankRequest
 from recsys.warmup import (
     ARTIFACT_OPEN,
@@ -31,11 +31,11 @@ from recsys.warmup import (
 
 @serve.deployment
 class RankerDeployment:
-    """``rank(queries, retrieved, picks) -> [(candidates, scores, stage_ms)]``, batched.
+    """``rank(queries, retrieved, picks) -> [Ranked]``, batched.
 
     Each call is one group of requests from the ingress. ``retrieved`` is the retriever's
     answer for the group, which the ingress passes in as a response (Serve resolves it, see
-    ``Ingress._run_group``); candidates come back with the scores for the final top-k.
+    ``recsys.orchestrator``); candidates come back with the scores for the final top-k.
 
     With ``topology.tp > 1`` the replica is rank 0 of a gang whose other ranks are Ray actors
     in the replica's placement group (see ``deployments.gang``).
@@ -92,17 +92,16 @@ class RankerDeployment:
         requests: list[RankRequest] = []
         stage_ms: list[dict[str, float]] = []
         for group_queries, group, positions in zip(queries, retrieved, picks, strict=True):
-            for query, pos in zip(group_queries, positions, strict=True):
-                candidates, ms_so_far = group[pos]
-                requests.append(RankRequest.of(query, candidates))
-                stage_ms.append(ms_so_far)
+            group_requests, group_ms = rank_requests(group_queries, group, positions)
+            requests.extend(group_requests)
+            stage_ms.extend(group_ms)
         self.served += len(requests)
         scores = self.ranker.score(requests)
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.batch_size.observe(len(requests), tags={"stage": "rank"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "rank"})
         answers = [
-            (req.candidates, s, {**so_far, "rank": ms})
+            Ranked(req.candidates, s, {**so_far, "rank": ms})
             for req, s, so_far in zip(requests, scores, stage_ms, strict=True)
         ]
         return split_by_sizes(answers, picks)

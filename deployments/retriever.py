@@ -12,11 +12,17 @@ from typing import Any
 from ray import serve
 
 from deployments.metrics import stage_metrics
-from deployments.payloads import EncodedGroup, Retrieved, split_by_sizes
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys.artifacts import Artifact
 from recsys.config import AppConfig
 from recsys.retrieval import Retriever
+from recsys.stages import (
+    EncodedGroup,
+    QueryRows,
+    Retrieved,
+    split_by_sizes,
+    with_query_vectors,
+)
 from recsys.types import RetrievalRequest
 from recsys.warmup import (
     ARTIFACT_OPEN,
@@ -33,12 +39,12 @@ from recsys.warmup import (
 
 @serve.deployment
 class RetrieverDeployment:
-    """``retrieve(requests, encoded, query_rows) -> [(candidates, stage_ms)] per request``.
+    """``retrieve(requests, encoded, query_rows) -> [Retrieved] per request``.
 
     Each call is one group of requests from the ingress. ``encoded`` is the encoder's answer
     for the group's queries (or None when none has a query), passed in by the ingress as a
-    response (Serve resolves it, see ``Ingress._run_group``);
-    ``query_rows[i]`` is request i's row in it (-1: no query).
+    response (Serve resolves it, see ``recsys.orchestrator``); ``query_rows[i]`` is request
+    i's row in it (None: no query vector from the encoder). The requests are not modified.
     """
 
     def __init__(self, config: AppConfig):
@@ -74,26 +80,25 @@ class RetrieverDeployment:
         self,
         groups: list[list[RetrievalRequest]],
         encoded: list[EncodedGroup | None],
-        query_rows: list[list[int]],
+        query_rows: list[QueryRows],
     ) -> list[list[Retrieved]]:
         started = time.perf_counter()
         if self.fault_delay_s:
             await asyncio.sleep(self.fault_delay_s)
-        encode_ms: list[dict[str, float]] = []
+        flat: list[RetrievalRequest] = []
+        so_far: list[dict[str, float]] = []
         for requests, enc, rows in zip(groups, encoded, query_rows, strict=True):
-            for req, row in zip(requests, rows, strict=True):
-                if row >= 0:
-                    if enc is None:
-                        raise ValueError("a request has a query row but the group has no vectors")
-                    req.query_vec = enc[0][row]
-                encode_ms.append({"encode": enc[1]} if row >= 0 and enc is not None else {})
-        flat = [req for requests in groups for req in requests]
+            ready, timings = with_query_vectors(requests, enc, rows)
+            flat.extend(ready)
+            so_far.extend(timings)
         self.served += len(flat)
         candidates = self.retriever.retrieve(flat)
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.batch_size.observe(len(flat), tags={"stage": "retrieve"})
         self.metrics.stage_latency.observe(ms, tags={"stage": "retrieve"})
-        answers = [(c, {"retrieve": ms, **e}) for c, e in zip(candidates, encode_ms, strict=True)]
+        answers = [
+            Retrieved(c, {**t, "retrieve": ms}) for c, t in zip(candidates, so_far, strict=True)
+        ]
         return split_by_sizes(answers, groups)
 
     def readiness(self) -> dict[str, Any]:

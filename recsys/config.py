@@ -391,9 +391,19 @@ class IngressConfig(StrictModel):
     autoscaling: AutoscalingConfig = AutoscalingConfig(target_ongoing_requests=32)
 
 
-class TopologyConfig(StrictModel):
-    """Model parallelism of the ranker."""
+StageRole = Literal["encoder", "retriever", "ranker"]
 
+
+class TopologyConfig(StrictModel):
+    """Which stages share a deployment, and the model parallelism of the ranker."""
+
+    layout: Literal["split", "fused"] = "split"
+    """``split``: one deployment per stage (GPU node pools, independent autoscaling, the
+    ranker's gang); ``fused``: the stages run inside the ingress replicas, batched across the
+    ingress's request groups in-process (small CPU machines, no hop between processes)."""
+    apart: list[StageRole] = []
+    """With ``fused``: stages that keep a deployment of their own anyway (a partial mapping,
+    say the ranker when ``tp > 1``)."""
     tp: int = Field(1, ge=1, le=64)
     """Ranks per ranker replica (1: single device)."""
     rank_device_memory_gb: float | None = Field(None, gt=0)
@@ -402,6 +412,21 @@ class TopologyConfig(StrictModel):
     """Ranker weights precision; fp16/bf16 only on GPUs (CPU collectives run in fp32)."""
     timeout_s: float = Field(30.0, gt=0)
     """Collective timeout: a rank silent this long breaks the gang (and fails health checks)."""
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> Self:
+        if self.apart and self.layout == "split":
+            raise ValueError("topology.apart only applies to layout 'fused' (split: all apart)")
+        if self.tp > 1 and self.in_ingress("ranker"):
+            raise ValueError(
+                "a model-parallel ranker (tp > 1) needs a deployment of its own (its gang's "
+                "placement group): with layout 'fused', add 'ranker' to topology.apart"
+            )
+        return self
+
+    def in_ingress(self, stage: StageRole) -> bool:
+        """Whether ``stage`` runs inside the ingress replicas."""
+        return self.layout == "fused" and stage not in self.apart
 
 
 class AppConfig(StrictModel):

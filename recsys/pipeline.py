@@ -1,33 +1,41 @@
-"""encode -> retrieve -> rank in one process, around the request logic the Serve ingress shares.
+"""The whole request path in one process: the orchestrator over in-process stage objects.
 
 ``prepare`` (ids, filters, route decision) and ``ranked_items`` (top-k with display fields)
-are the pure steps around the stages (``recsys.request``, light enough for the ingress);
-:class:`Pipeline` chains them with in-process stage objects. The Serve deployments wrap the
-same stage objects one per replica, and the ingress calls the same ``prepare`` /
-``ranked_items``.
+are the pure steps around the stages (``recsys.request``); the flow between them is
+``recsys.orchestrator``'s, the same the Serve ingress runs, here over the in-process
+adapters of ``recsys.stages`` with the work inline (one caller at a time). Used by ``recsys
+query``, evaluation, the benchmark's in-process bound and its monolith.
 """
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
+import asyncio
+import threading
 
 from recsys.artifacts import Artifact
 from recsys.cache import EmbeddingCache
 from recsys.catalog import Catalog
 from recsys.config import AppConfig
 from recsys.encoder import QueryEncoder
+from recsys.orchestrator import Answer, Job, Orchestrator
 from recsys.ranking import CandidateRanker
 from recsys.request import PreparedRequest, prepare, ranked_items
 from recsys.request import new_request_id as new_request_id  # re-exported for callers
 from recsys.retrieval import Retriever
-from recsys.routing import RoutingPolicy
+from recsys.routing import Deadline, RoutingPolicy
+from recsys.stages import LocalEncoder, LocalRanker, LocalRetriever, StageSet
 from recsys.types import Filters, RankedResponse
+
+__all__ = ["Pipeline", "PreparedRequest", "new_request_id", "prepare", "ranked_items"]
+
+NO_DEADLINE_MS = 86_400_000.0
+"""The budget of a request run without a deadline (a day: the ranker is always awaited)."""
 
 
 class Pipeline:
-    """The whole request path in one process (tests, offline evaluation, benchmarks)."""
+    """The whole request path in one process (``recsys query``, tests, evaluation, the
+    benchmark). :meth:`run` is synchronous: call it from one thread at a time (the query
+    cache is not thread-safe); :meth:`answer` is the same from a running event loop."""
 
     def __init__(
         self,
@@ -41,11 +49,23 @@ class Pipeline:
         self.artifact = artifact
         self.config = config
         self.encoder = encoder
-        self.cache = EmbeddingCache(config.encoder.cache_size)
         self.retriever = retriever
         self.rankers = rankers
         self.catalog = catalog
         self.policy = RoutingPolicy(config.routing)
+        self.stages = StageSet(
+            LocalEncoder(encoder, config.encoder.cache_size),
+            LocalRetriever(retriever),
+            {name: LocalRanker(ranker) for name, ranker in rankers.items()},
+        )
+        self.orchestrator = Orchestrator(
+            self.stages,
+            self.policy,
+            catalog,
+            artifact.version,
+            config.retrieval.n_candidates,
+        )
+        self._loops = threading.local()
 
     @classmethod
     def load(cls, config: AppConfig, encoder: QueryEncoder | None = None) -> Pipeline:
@@ -67,53 +87,43 @@ class Pipeline:
             Catalog.from_artifact(artifact),
         )
 
-    def encode(self, queries: list[str]) -> np.ndarray:
-        vectors, _ = self.cache.encode_through(queries, self.encoder.encode, self.encoder.dim)
-        return vectors
+    @property
+    def cache(self) -> EmbeddingCache:
+        """The encoder's query cache (the benchmark swaps it for an empty one)."""
+        encoder = self.stages.encoder
+        assert isinstance(encoder, LocalEncoder)
+        return encoder.cache
 
-    def run(self, prepared: list[PreparedRequest]) -> list[RankedResponse]:
-        """Serve a batch of prepared requests, batching every stage across them."""
-        timings: list[dict[str, float]] = [{} for _ in prepared]
-        t0 = time.perf_counter()
-        with_query = [i for i, p in enumerate(prepared) if p.query is not None]
-        vectors: dict[int, np.ndarray] = {}
-        if with_query:
-            encoded = self.encode([prepared[i].query for i in with_query])  # type: ignore[misc]
-            vectors = dict(zip(with_query, encoded, strict=True))
-        t1 = time.perf_counter()
-        n = self.config.retrieval.n_candidates
-        candidates = self.retriever.retrieve(
-            [p.retrieval(n, vectors.get(i)) for i, p in enumerate(prepared)]
-        )
-        t2 = time.perf_counter()
-        scores: list[np.ndarray | None] = [None] * len(prepared)
-        for variant, ranker in self.rankers.items():
-            members = [i for i, p in enumerate(prepared) if p.decision.variant == variant]
-            if members:
-                ranked = ranker.score([prepared[i].rank(candidates[i]) for i in members])
-                for i, s in zip(members, ranked, strict=True):
-                    scores[i] = s
-        t3 = time.perf_counter()
+    @cache.setter
+    def cache(self, cache: EmbeddingCache) -> None:
+        encoder = self.stages.encoder
+        assert isinstance(encoder, LocalEncoder)
+        encoder.cache = cache
+
+    async def answer(
+        self, prepared: list[PreparedRequest], deadline_ms: float | None = None
+    ) -> list[RankedResponse]:
+        """Each request's response, the stages batched across them; ``deadline_ms``: the
+        requests' budget from now (None: the ranker is always awaited). Raises the
+        :class:`~recsys.orchestrator.StageError` of a request that could not be answered."""
+        budget = NO_DEADLINE_MS if deadline_ms is None else deadline_ms
+        deadline = Deadline.starting_now(budget)
+        jobs = [Job(p, Deadline(deadline.start, deadline.budget_s)) for p in prepared]
         out = []
-        for i, p in enumerate(prepared):
-            timings[i] = {
-                "encode": round((t1 - t0) * 1000, 3) if p.query is not None else 0.0,
-                "retrieve": round((t2 - t1) * 1000, 3),
-                "rank": round((t3 - t2) * 1000, 3),
-                "total": round((t3 - t0) * 1000, 3),
-            }
-            out.append(
-                RankedResponse(
-                    request_id=p.request_id,
-                    route=p.route,
-                    variant=p.decision.variant,
-                    degraded=False,
-                    items=ranked_items(self.catalog, candidates[i], scores[i], p.k),
-                    timings_ms=timings[i],
-                    artifact_version=self.artifact.version,
-                )
-            )
+        for answer in await self.orchestrator.run_group(jobs):
+            if not isinstance(answer, Answer):
+                raise answer
+            out.append(answer.response)
         return out
+
+    def run(
+        self, prepared: list[PreparedRequest], deadline_ms: float | None = None
+    ) -> list[RankedResponse]:
+        """:meth:`answer` from synchronous code (on an event loop of this thread's own)."""
+        runner = getattr(self._loops, "runner", None)
+        if runner is None:
+            runner = self._loops.runner = asyncio.Runner()
+        return runner.run(self.answer(prepared, deadline_ms))
 
     def search(
         self,
