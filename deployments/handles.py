@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from recsys.stages import EncodedGroup, Pending, QueryRows, Ranked, Retrieved
+from recsys.stages import EncodedGroup, Pending, QueryRows, Ranked, Retrieved, upstream
 from recsys.types import RankQuery, RetrievalRequest
 
 
@@ -32,7 +32,7 @@ def _call(method: Any, *args: Any) -> Pending[Any]:
     async def after() -> Any:
         resolved = list(args)
         for i in local:
-            resolved[i] = await resolved[i]
+            resolved[i] = await upstream(resolved[i])
         return await method.remote(*resolved)
 
     return asyncio.ensure_future(after())

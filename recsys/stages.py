@@ -174,6 +174,19 @@ def run_in(executor: Executor) -> Runner[Any]:
     return run
 
 
+async def upstream(pending: Pending[T]) -> T:
+    """The previous stage's answer, awaited without passing a cancellation on to it: another
+    stage (a ranker of another variant, the fallback to retrieval order) may still need it
+    when this call is cancelled (its deadline share ran out)."""
+    return await asyncio.shield(_as_future(pending))
+
+
+def _as_future(pending: Pending[T]) -> asyncio.Future[T]:
+    if isinstance(pending, asyncio.Future):
+        return pending
+    return asyncio.ensure_future(pending)
+
+
 def _timed(work: Callable[[], T]) -> Callable[[], tuple[T, float]]:
     def run() -> tuple[T, float]:
         started = time.perf_counter()
@@ -229,7 +242,7 @@ class LocalRetriever:
         encoded: Pending[EncodedGroup] | None,
         query_rows: QueryRows,
     ) -> list[Retrieved]:
-        group = None if encoded is None else await encoded
+        group = None if encoded is None else await upstream(encoded)
         ready, so_far = with_query_vectors(requests, group, query_rows)
         candidates, ms = await self.runner(_timed(lambda: self.retriever.retrieve(ready)))
         self.served += len(ready)
@@ -254,7 +267,7 @@ class LocalRanker:
     async def _rank(
         self, queries: list[RankQuery], retrieved: Pending[list[Retrieved]], picks: list[int]
     ) -> list[Ranked]:
-        requests, so_far = rank_requests(queries, await retrieved, picks)
+        requests, so_far = rank_requests(queries, await upstream(retrieved), picks)
         scores, ms = await self.runner(_timed(lambda: self.ranker.score(requests)))
         self.served += len(requests)
         return [

@@ -25,11 +25,13 @@ from recsys.request import prepare
 from recsys.routing import Deadline, RoutingPolicy
 from recsys.stages import (
     EncodedGroup,
+    LocalRanker,
     Pending,
     QueryRows,
     Ranked,
     Retrieved,
     StageSet,
+    upstream,
     with_query_vectors,
 )
 from recsys.types import Candidates, RankQuery, RetrievalRequest
@@ -91,6 +93,7 @@ class Retriever:
     def __init__(self) -> None:
         self.seen: list[RetrievalRequest] = []
         self.error: Exception | None = None
+        self.delay_s = 0.0
 
     def retrieve(
         self,
@@ -99,7 +102,9 @@ class Retriever:
         query_rows: QueryRows,
     ) -> Pending[list[Retrieved]]:
         async def run() -> list[Retrieved]:
-            group = None if encoded is None else await encoded
+            group = None if encoded is None else await upstream(encoded)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             ready, timings = with_query_vectors(requests, group, query_rows)
             if self.error is not None:
                 raise self.error
@@ -130,7 +135,7 @@ class Ranker:
         self.calls.append(list(queries))
 
         async def run() -> list[Ranked]:
-            group = await retrieved
+            group = await upstream(retrieved)
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             if self.error is not None:
@@ -391,3 +396,25 @@ def test_payloads_are_frozen() -> None:
     group = EncodedGroup(np.zeros((1, DIM), np.float32), 1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         group.ms = 2.0  # type: ignore[misc]
+
+
+class ReversingRanker:
+    """A ranker object (``CandidateRanker``'s ``score``) for the in-process adapter."""
+
+    def score(self, requests: list[Any]) -> list[np.ndarray]:
+        return [np.arange(len(r.candidates), dtype=np.float32) for r in requests]
+
+
+def test_a_ranker_still_waiting_for_slow_retrieval_leaves_it_to_the_fallback() -> None:
+    """The ranker's share of the deadline runs out while retrieval is still running: the
+    in-process ranker is cancelled, retrieval is not, and the answer comes in its order."""
+    flow = Flow(deadline_ms=400.0)  # ranker share: 300 ms (a quarter kept for the fallback)
+    flow.retriever.delay_s = 0.33
+    local = LocalRanker(ReversingRanker())  # type: ignore[arg-type]
+    flow.orchestrator.stages = StageSet(
+        flow.encoder, flow.retriever, {"control": local, "b": local}
+    )
+    (answer,) = flow.run([flow.job(query="pans")])
+    assert isinstance(answer, Answer), answer
+    assert answer.response.degraded_reason == "ranker_deadline"
+    assert ids(answer) == RETRIEVAL_ORDER
