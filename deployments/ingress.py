@@ -8,9 +8,10 @@ late, overloaded or failing. The stages are Serve deployments reached through ha
 (``deployments.handles``; the split topology), or objects inside this replica
 (``recsys.fused``; the fused topology), or a mix, as ``topology`` says.
 
-Every answer is JSON with a request id (also in the ``X-Request-ID`` header and the access
-log). Bad input is a 4xx naming the problem; overload and blown deadlines are 503 with
-``Retry-After``.
+The routes, models and error mapping are the API's (``recsys.api``), built over this replica
+once it is warm; here: admission control, the access log and metrics. Every answer is JSON
+with a request id (also in the ``X-Request-ID`` header and the access log). Bad input is a 4xx
+naming the problem; overload and blown deadlines are 503 with ``Retry-After``.
 
 Ready means ready: the replica's (async) constructor waits until every stage answers and
 sends one request per route and ranker variant through the whole chain, so Serve routes
@@ -27,20 +28,18 @@ import sys
 import time
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from deployments.handles import HandleEncoder, HandleRanker, HandleRetriever
 from deployments.metrics import stage_metrics
 from deployments.readiness import deployment_name, finish_cold_start, replica_id
 from recsys import __version__
-from recsys.access import AccessControl, AccessMiddleware, access_control
+from recsys.access import access_control
 from recsys.admission import (
     QUEUE_PRESSURE_HEADER,
     AdmissionPolicy,
@@ -49,24 +48,23 @@ from recsys.admission import (
     arrival_monotonic,
     queue_pressure,
 )
+from recsys.api import (
+    create_api,
+    lookup_error,
+    request_id_of,
+    stage_error_response,
+)
 from recsys.artifacts import Artifact
 from recsys.catalog import Catalog, UnknownFilterError, UnknownIdError
 from recsys.coalesce import Coalescer, QueueFull
 from recsys.config import AppConfig
 from recsys.fused import FusedStages
 from recsys.orchestrator import Answer, Job, Orchestrator, StageError, breakers_for
-from recsys.request import PreparedRequest, new_request_id, prepare
+from recsys.request import PreparedRequest, prepare
 from recsys.request_ids import pick_request_id
 from recsys.routing import Deadline, RoutingPolicy
 from recsys.stages import EncodeStage, RankStage, RetrieveStage, StageSet
-from recsys.types import (
-    MAX_K,
-    ErrorResponse,
-    RankedResponse,
-    RecommendRequest,
-    Route,
-    SearchRequest,
-)
+from recsys.types import ErrorResponse, Route
 from recsys.warmup import (
     ARTIFACT_OPEN,
     LOAD,
@@ -86,11 +84,6 @@ if not access_log.handlers:
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
 
-# Set by the ingress replica from its config (one ingress per process).
-LIMITS = {"max_body_bytes": 16_384}
-ACCESS = {"control": AccessControl()}
-"""API keys and rate limit (``recsys.access``), configured by the ingress replica."""
-
 WARMUP_TIMEOUT_S = 1800.0
 """How long a starting ingress waits for the stages to come up and answer its warm-up chain
 (a remote artifact download or a new GPU node can take minutes); past it the replica fails
@@ -101,13 +94,6 @@ READINESS_TIMEOUT_S = 2.0
 """How long ``/readyz`` waits for each stage's answer."""
 
 
-def error_response(
-    status: int, error: str, detail: Any, request_id: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = ErrorResponse(error=error, detail=detail, request_id=request_id).model_dump()
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def serve_request_id(scope: Scope) -> str:
     """Serve's id of the current request (the one its proxy returns in ``X-Request-ID``), the
     client's single valid header outside Serve, else a fresh one; never an invalid value
@@ -116,117 +102,6 @@ def serve_request_id(scope: Scope) -> str:
 
     rid = _get_serve_request_context().request_id
     return pick_request_id(str(rid) if rid else None, scope.get("headers", []))
-
-
-class RequestContextMiddleware:
-    """Records the request id and refuses oversized bodies (413) before anything parses them."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = serve_request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
-        limit = LIMITS["max_body_bytes"]
-        length = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), ""
-        )
-        if length.isdigit() and int(length) > limit:
-            await self._too_large(scope, receive, send, request_id, limit)
-            return
-        ctype = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
-        if scope["method"] == "POST" and not ctype:  # no Content-Type: read the body as JSON
-            scope["headers"] = [*scope["headers"], (b"content-type", b"application/json")]
-        elif scope["method"] == "POST" and "json" not in ctype.lower():
-            response = error_response(
-                415,
-                "unsupported_media_type",
-                f"request body must be JSON (Content-Type: application/json), got {ctype!r}",
-                request_id,
-            )
-            await response(scope, receive, send)
-            return
-        body = b""
-        more = scope["method"] in ("POST", "PUT", "PATCH")
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                await self._too_large(scope, receive, send, request_id, limit)
-                return
-        if scope["method"] == "POST" and not body.strip():
-            response = error_response(
-                400, "malformed_json", "request body is empty: send a JSON object", request_id
-            )
-            await response(scope, receive, send)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed and scope["method"] in ("POST", "PUT", "PATCH"):
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _too_large(
-        scope: Scope, receive: Receive, send: Send, request_id: str, limit: int
-    ) -> None:
-        response = error_response(
-            413, "body_too_large", f"request body exceeds {limit} bytes", request_id
-        )
-        await response(scope, receive, send)
-
-
-DESCRIPTION = """E-commerce search and recommendations. Each answer lists ranked items, the
-ranker variant that served it, whether it was `degraded` (ranker skipped: retrieval order),
-per-stage timings in ms and a request id (also in the `X-Request-ID` header)."""
-
-app = FastAPI(title="recsys", version=__version__, description=DESCRIPTION)
-# Starlette runs the last added outermost: request id and body limits, then access control.
-app.add_middleware(AccessMiddleware, control=lambda: ACCESS["control"], respond=error_response)
-app.add_middleware(RequestContextMiddleware)
-
-
-def _request_id(request: Request) -> str:
-    return str(getattr(request.state, "request_id", None) or new_request_id())
-
-
-def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    """``("body", "filters", "category")`` -> ``filters.category``; the whole body -> ``body``."""
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path"):
-        parts = parts[1:] or parts[:1]
-    return ".".join(parts) or "body"
-
-
-@app.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        first = next(e for e in errors if e.get("type") == "json_invalid")
-        detail = f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}"
-        return error_response(400, "malformed_json", detail, _request_id(request))
-    problems = [{"field": _field_name(e.get("loc", ())), "problem": e["msg"]} for e in errors]
-    return error_response(422, "invalid_request", problems, _request_id(request))
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-    detail = exc.detail
-    if exc.status_code == 400:
-        detail = "request body is not valid UTF-8 JSON"
-    return error_response(
-        exc.status_code, codes.get(exc.status_code, "http_error"), detail, _request_id(request)
-    )
 
 
 class IngressMetrics:
@@ -252,7 +127,7 @@ class IngressMetrics:
 
 
 @serve.deployment
-@serve.ingress(app)
+@serve.ingress()
 class Ingress:
     """FastAPI ingress over the encoder, retriever and one ranker per variant: deployment
     handles for the stages the topology puts apart (``None`` / no entry for the others), the
@@ -269,8 +144,6 @@ class Ingress:
         self.warm = False
         self.served = 0
         self.config = config
-        LIMITS["max_body_bytes"] = config.ingress.max_body_bytes
-        ACCESS["control"] = access_control(config.ingress)
         with self.cold.phase(ARTIFACT_OPEN):
             self.artifact = Artifact.open(config.artifacts, config.cache_dir)
         with self.cold.phase(LOAD):
@@ -348,10 +221,10 @@ class Ingress:
         started = time.monotonic()
         with self.cold.phase(STAGES_WAIT):  # a handle's call waits for a running replica
 
-            async def answer(handle: DeploymentHandle) -> Any:
+            async def ready(handle: DeploymentHandle) -> Any:
                 return await handle.readiness.remote()
 
-            waits = (answer(h) for h in self.stages.values())
+            waits = (ready(h) for h in self.stages.values())
             await asyncio.wait_for(asyncio.gather(*waits), timeout=WARMUP_TIMEOUT_S)
         calls = chain_calls(
             list(self.catalog.user_index),
@@ -395,18 +268,23 @@ class Ingress:
         self.warm = True
         finish_cold_start(self.cold)
 
-    # ---- endpoints ---------------------------------------------------------------------------
+    # ---- the API's backend (recsys.api) ------------------------------------------------------
 
-    @app.get("/healthz", summary="Liveness of the ingress")
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """The HTTP API over this replica (``recsys.api``), built once it is warm."""
+        ingress = self.config.ingress
+        return create_api(
+            self,
+            max_body_bytes=ingress.max_body_bytes,
+            max_query_chars=ingress.max_query_chars,
+            max_k=ingress.max_k,
+            access=access_control(ingress),
+            request_id=serve_request_id,
+        )
+
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "items": len(self.catalog), "version": self.artifact.version}
 
-    @app.get(
-        "/readyz",
-        summary="Readiness: every stage warm, the artifact version loaded, the ranker gang "
-        "complete; 503 when not",
-        responses={503: {"model": ErrorResponse}},
-    )
     async def readyz(self, request: Request) -> JSONResponse:
         reports: dict[str, dict[str, Any] | str] = {
             self.cold.stage: stage_report(
@@ -422,10 +300,11 @@ class Ingress:
         }
         ready, body = readiness(reports, self.expected_versions)
         body["version"] = self.artifact.version
+        body["topology"] = self.config.topology.layout
         if ready:
             return JSONResponse(body)
         error = ErrorResponse(
-            error="not_ready", detail="; ".join(body["problems"]), request_id=_request_id(request)
+            error="not_ready", detail="; ".join(body["problems"]), request_id=request_id_of(request)
         )
         return JSONResponse(
             {**error.model_dump(), **body}, status_code=503, headers=self.retry_after
@@ -449,7 +328,6 @@ class Ingress:
         answers = await asyncio.gather(*(ask(h) for h in self.stages.values()))
         return dict(zip(self.stages, answers, strict=True))
 
-    @app.get("/v1/version", summary="Artifact version and config hash being served")
     async def version(self) -> dict[str, Any]:
         quality = self.artifact.quality()
         if self.config.retrieval.mode != "auto":
@@ -459,81 +337,23 @@ class Ingress:
             "config_hash": self.config.config_hash(),
             "variants": self.policy.variants,
             "tp": self.config.topology.tp,
+            "topology": self.config.topology.layout,
             "recsys_version": __version__,
             **quality,
         }
 
-    @app.post(
-        "/v1/search",
-        response_model=RankedResponse,
-        responses={
-            404: {"model": ErrorResponse},
-            422: {"model": ErrorResponse},
-            503: {"model": ErrorResponse},
-        },
-        summary="Search the catalog (personalised when user_id is a known shopper)",
-    )
-    async def search(self, body: SearchRequest, request: Request) -> JSONResponse:
-        if len(body.query) > self.config.ingress.max_query_chars:
-            return error_response(
-                422,
-                "invalid_request",
-                [
-                    {
-                        "field": "query",
-                        "problem": f"longer than {self.config.ingress.max_query_chars} characters",
-                    }
-                ],
-                _request_id(request),
-            )
-        return await self._handle(
-            request,
-            "search",
-            body.k,
-            query=body.query,
-            user_id=body.user_id,
-            filters=body.filters,
-        )
-
-    @app.post(
-        "/v1/recommend",
-        response_model=RankedResponse,
-        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-        summary="Recommendations for a known shopper from their history",
-    )
-    async def recommend(self, body: RecommendRequest, request: Request) -> JSONResponse:
-        return await self._handle(request, "recommend", body.k, user_id=body.user_id)
-
-    @app.get(
-        "/v1/items/{item_id}/similar",
-        response_model=RankedResponse,
-        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-        summary="Items similar to one item",
-    )
-    async def similar(
-        self,
-        request: Request,
-        item_id: str = Path(min_length=1, max_length=64),
-        k: int | None = Query(None, ge=1, le=MAX_K),
-    ) -> JSONResponse:
-        return await self._handle(request, "similar", k, item_id=item_id)
-
     # ---- the request path --------------------------------------------------------------------
 
-    async def _handle(
+    async def answer(
         self, request: Request, route: Route, k: int | None, **ids: Any
     ) -> JSONResponse:
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         # the clock starts when the request reached the server (recsys.admission)
         deadline = Deadline(
             arrival_monotonic(request.scope.get("headers") or []),
             self.config.routing.deadline_ms / 1000.0,
         )
         self.served += 1
-        if k is not None and k > self.config.ingress.max_k:
-            problem = [{"field": "k", "problem": f"must be <= {self.config.ingress.max_k}"}]
-            resp = error_response(422, "invalid_request", problem, request_id)
-            return self._finish(resp, request_id, route, None, deadline, {})
         try:
             prep = prepare(
                 route,
@@ -543,11 +363,8 @@ class Ingress:
                 request_id=request_id,
                 **ids,
             )
-        except UnknownIdError as exc:
-            resp = error_response(404, f"unknown_{exc.kind}", str(exc), request_id)
-            return self._finish(resp, request_id, route, None, deadline, {})
-        except UnknownFilterError as exc:
-            resp = error_response(422, "unknown_filter_value", str(exc), request_id)
+        except (UnknownIdError, UnknownFilterError) as exc:
+            resp = lookup_error(exc, request_id)
             return self._finish(resp, request_id, route, None, deadline, {})
         try:
             refused = self.admission.on_arrival(deadline.elapsed_ms(), self._queue_state())
@@ -556,15 +373,12 @@ class Ingress:
             answer = await self._run(prep, deadline)
         except StageError as exc:
             self.metrics.rejected.inc(tags={"stage": exc.stage, "reason": exc.reason})
-            status_error = "overloaded" if exc.reason == "overloaded" else "unavailable"
-            if exc.reason == "deadline":
-                status_error = "deadline_exceeded"
             headers = dict(exc.headers or self.retry_after)
             if exc.stage == "ingress" or exc.reason == "deadline":  # shed: a full queue
                 budget = self.admission.max_queue_ms
                 queued = max(deadline.elapsed_ms(), budget)
                 headers[QUEUE_PRESSURE_HEADER.decode()] = queue_pressure(queued, budget)
-            resp = error_response(503, status_error, exc.detail, request_id, headers)
+            resp = stage_error_response(exc, request_id, headers)
             return self._finish(resp, request_id, route, prep.decision.variant, deadline, {})
         waited = answer.timings.get("group_wait", 0.0)
         pressure = queue_pressure(waited, self.admission.max_queue_ms)

@@ -1,11 +1,12 @@
 """Monolithic Serve deployment: every stage in one replica, behind the same HTTP API.
 
-The benchmark's yardstick for the cost of composition: the same ``prepare`` and
-``Pipeline.run`` as the in-process pipeline, one Serve replica with its FastAPI ingress, and
-``@serve.batch`` across concurrent requests. The batch runs in a worker thread
-(``asyncio.to_thread``) so the replica's event loop keeps accepting requests (which form the
-next batch) while torch computes; one batch at a time, as the pipeline's query cache is not
-thread-safe.
+The benchmark's yardstick for the cost of composition: the same API (``recsys.api``) and the
+same orchestrator over in-process stages (``Pipeline.run``) as the in-process pipeline, one
+Serve replica, and ``@serve.batch`` across concurrent requests. The batch runs in a worker
+thread (``asyncio.to_thread``) so the replica's event loop keeps accepting requests (which
+form the next batch) while torch computes; one batch at a time, as the pipeline's query cache
+is not thread-safe. (The fused topology of the real app, ``topology.layout: fused``, is the
+same idea with the ingress's admission control, deadlines and breakers.)
 
     serve run deployments.monolith:build_monolith app='{"artifacts": "artifacts/demo"}'
 """
@@ -14,16 +15,17 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 from ray import serve
 from ray.serve import Application
 
+from recsys.api import create_api, lookup_error, request_id_of
 from recsys.catalog import UnknownFilterError, UnknownIdError
 from recsys.config import AppConfig, StrictModel
-from recsys.pipeline import Pipeline, PreparedRequest, new_request_id, prepare
-from recsys.types import MAX_K, RankedResponse, RecommendRequest, Route, SearchRequest
+from recsys.pipeline import Pipeline, PreparedRequest, prepare
+from recsys.types import RankedResponse, Route
 
 
 class MonolithArgs(StrictModel):
@@ -45,17 +47,8 @@ class MonolithArgs(StrictModel):
     """Requests queued at the proxy before back-pressure."""
 
 
-app = FastAPI(title="recsys (monolith)")
-
-
-def _error(status: int, error: str, detail: str, request_id: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": error, "detail": detail, "request_id": request_id}, status_code=status
-    )
-
-
 @serve.deployment
-@serve.ingress(app)
+@serve.ingress()
 class Monolith:
     """Encoder, retriever and ranker in one replica, batched across requests."""
 
@@ -71,40 +64,38 @@ class Monolith:
         self.run_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.pipeline.search("warm up")  # first call allocates; keep it out of a request
 
-    @app.get("/healthz")
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        ingress = self.pipeline.config.ingress
+        return create_api(
+            self,
+            title="recsys (monolith)",
+            max_body_bytes=ingress.max_body_bytes,
+            max_query_chars=ingress.max_query_chars,
+            max_k=ingress.max_k,
+        )
+
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "items": len(self.pipeline.catalog)}
 
-    @app.post("/v1/search")
-    async def search(self, body: SearchRequest) -> JSONResponse:
-        return await self._handle(
-            "search", body.k, query=body.query, user_id=body.user_id, filters=body.filters
-        )
+    async def readyz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"ready": True, "problems": [], "stages": {}})
 
-    @app.post("/v1/recommend")
-    async def recommend(self, body: RecommendRequest) -> JSONResponse:
-        return await self._handle("recommend", body.k, user_id=body.user_id)
+    async def version(self) -> dict[str, Any]:
+        p = self.pipeline
+        return {"artifact_version": p.artifact.version, "variants": p.policy.variants}
 
-    @app.get("/v1/items/{item_id}/similar")
-    async def similar(
-        self,
-        item_id: str = Path(min_length=1, max_length=64),
-        k: int | None = Query(None, ge=1, le=MAX_K),
+    async def answer(
+        self, request: Request, route: Route, k: int | None, **ids: Any
     ) -> JSONResponse:
-        return await self._handle("similar", k, item_id=item_id)
-
-    async def _handle(self, route: Route, k: int | None, **ids: Any) -> JSONResponse:
         started = time.perf_counter()
-        request_id = new_request_id()
+        request_id = request_id_of(request)
         p = self.pipeline
         try:
             prep = prepare(
                 route, p.catalog, p.policy, k or p.config.default_k, request_id=request_id, **ids
             )
-        except UnknownIdError as exc:
-            return _error(404, f"unknown_{exc.kind}", str(exc), request_id)
-        except UnknownFilterError as exc:
-            return _error(422, "unknown_filter_value", str(exc), request_id)
+        except (UnknownIdError, UnknownFilterError) as exc:
+            return lookup_error(exc, request_id)
         answer, batch_started, size = await self.run_batch(prep)
         body = answer.model_dump()
         body["timings_ms"] = {

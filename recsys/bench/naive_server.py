@@ -1,8 +1,9 @@
 """The naive baseline: one FastAPI/uvicorn process running the pipeline once per request.
 
-What a team would build first: the same endpoints and ``prepare`` as the Serve ingress, and
-``Pipeline.run([one])`` per request in FastAPI's thread pool, no batching. The query cache is
-an unsynchronised LRU, so a lock lets one request compute at a time (parsing, validation and
+What a team would build first: the same HTTP API as the Serve ingress (``recsys.api``: routes,
+models, errors, request ids) over ``Pipeline.run([one])`` per request (the same orchestrator
+as the ingress, in-process stages), in a worker thread, no batching. The query cache is an
+unsynchronised LRU, so a lock lets one request compute at a time (parsing, validation and
 serialisation of the others go on around it). One uvicorn worker, no access log.
 
     python -m recsys.bench.naive_server --artifacts artifacts/demo --port 8300
@@ -11,41 +12,49 @@ serialisation of the others go on around it). One uvicorn worker, no access log.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import threading
 import time
 from typing import Any
 
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from recsys.api import create_api, lookup_error, request_id_of, stage_error_response
 from recsys.bench.batcher import load_pipeline
-from recsys.bench.requests import BenchRequest
 from recsys.catalog import UnknownFilterError, UnknownIdError
 from recsys.config import AppConfig
-from recsys.pipeline import Pipeline, new_request_id
-from recsys.types import MAX_K, RecommendRequest, SearchRequest
+from recsys.orchestrator import StageError
+from recsys.pipeline import Pipeline, PreparedRequest, prepare
+from recsys.types import RankedResponse, Route
 
 
-def create_app(pipeline: Pipeline) -> FastAPI:
-    """The HTTP API over one in-process pipeline."""
-    app = FastAPI(title="recsys (naive baseline)")
-    lock = threading.Lock()
+class NaiveBackend:
+    """``recsys.api``'s backend over one in-process pipeline, one request at a time."""
 
-    def handle(req: BenchRequest) -> JSONResponse:
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.lock = threading.Lock()
+        self.retry_after = {"Retry-After": str(pipeline.config.routing.retry_after_s)}
+
+    async def answer(
+        self, request: Request, route: Route, k: int | None, **ids: Any
+    ) -> JSONResponse:
         started = time.perf_counter()
-        rid = new_request_id()
-        p = pipeline
+        rid = request_id_of(request)
+        p = self.pipeline
         try:
-            prep = req.prepare(p.catalog, p.policy, p.config.default_k, rid)
-        except UnknownIdError as exc:
-            return _error(404, f"unknown_{exc.kind}", str(exc), rid)
-        except UnknownFilterError as exc:
-            return _error(422, "unknown_filter_value", str(exc), rid)
-        with lock:
-            waited = time.perf_counter()
-            answer = p.run([prep])[0]
+            prep = prepare(
+                route, p.catalog, p.policy, k or p.config.default_k, request_id=rid, **ids
+            )
+        except (UnknownIdError, UnknownFilterError) as exc:
+            return lookup_error(exc, rid)
+        try:
+            answer, waited = await asyncio.to_thread(self._compute, prep)
+        except StageError as exc:
+            return stage_error_response(exc, rid, self.retry_after)
         body = answer.model_dump()
         body["timings_ms"] = {
             **answer.timings_ms,
@@ -55,35 +64,35 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         }
         return JSONResponse(body)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "items": len(pipeline.catalog)}
+    def _compute(self, prep: PreparedRequest) -> tuple[RankedResponse, float]:
+        with self.lock:
+            waited = time.perf_counter()
+            return self.pipeline.run([prep])[0], waited
 
-    @app.post("/v1/search")
-    def search(body: SearchRequest) -> JSONResponse:
-        return handle(
-            BenchRequest(
-                "search", k=body.k, query=body.query, user_id=body.user_id, filters=body.filters
-            )
-        )
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "items": len(self.pipeline.catalog)}
 
-    @app.post("/v1/recommend")
-    def recommend(body: RecommendRequest) -> JSONResponse:
-        return handle(BenchRequest("recommend", k=body.k, user_id=body.user_id))
+    async def readyz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"ready": True, "problems": [], "stages": {}})
 
-    @app.get("/v1/items/{item_id}/similar")
-    def similar(
-        item_id: str = Path(min_length=1, max_length=64),
-        k: int | None = Query(None, ge=1, le=MAX_K),
-    ) -> JSONResponse:
-        return handle(BenchRequest("similar", k=k, item_id=item_id))
-
-    return app
+    async def version(self) -> dict[str, Any]:
+        p = self.pipeline
+        return {
+            "artifact_version": p.artifact.version,
+            "config_hash": p.config.config_hash(),
+            "variants": p.policy.variants,
+        }
 
 
-def _error(status: int, error: str, detail: str, request_id: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": error, "detail": detail, "request_id": request_id}, status_code=status
+def create_app(pipeline: Pipeline) -> FastAPI:
+    """The HTTP API over one in-process pipeline."""
+    ingress = pipeline.config.ingress
+    return create_api(
+        NaiveBackend(pipeline),
+        title="recsys (naive baseline)",
+        max_body_bytes=ingress.max_body_bytes,
+        max_query_chars=ingress.max_query_chars,
+        max_k=ingress.max_k,
     )
 
 
