@@ -15,8 +15,9 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from recsys.config import AppConfig, BuildConfig
+from recsys.config import AppConfig, BuildConfig, with_layout
 from recsys.warmup import cold_start_line
 
 # Serve settings of a local instance (the embedded default, the tests and the benchmark's Serve
@@ -136,12 +137,25 @@ def ensure_local_artifacts(uri: str) -> None:
     build_artifacts(BuildConfig(), path, progress=True, force=path.exists())
 
 
-def load_app_config(config_path: Path | None, artifacts: str | None, tp: int | None) -> AppConfig:
+def load_app_config(
+    config_path: Path | None,
+    artifacts: str | None,
+    tp: int | None,
+    topology: Literal["split", "fused"] | None = None,
+) -> AppConfig:
+    """The app to serve: the file's (or the default) config with the command line's
+    overrides; ``topology`` sets the layout (``recsys.config.with_layout``)."""
     config = AppConfig.from_file(config_path) if config_path else AppConfig()
     if artifacts is not None:
-        config.artifacts = artifacts
+        config = config.model_copy(update={"artifacts": artifacts})
     if tp is not None:
-        config.topology.tp = tp
+        data = config.model_dump()
+        data["topology"]["tp"] = tp
+        if tp > 1 and data["topology"]["layout"] == "fused":
+            data["topology"]["apart"] = sorted({*data["topology"]["apart"], "ranker"})
+        config = AppConfig.model_validate(data)
+    if topology is not None:
+        config = with_layout(config, topology)
     return config
 
 
@@ -152,8 +166,9 @@ def serve_foreground(
     config_path: Path | None,
     tp: int | None,
     num_cpus: float | None,
+    topology: Literal["split", "fused"] | None = None,
 ) -> int:
-    config = load_app_config(config_path, artifacts, tp)
+    config = load_app_config(config_path, artifacts, tp, topology)
     ensure_local_artifacts(config.artifacts)
 
     apply_local_serve_env(config)  # before Ray is imported
@@ -194,7 +209,8 @@ def serve_foreground(
         print(cold_start_report(ready, app_phases), end="", flush=True)
         print(
             f"[recsys] ready: every stage warm, artifact {ready.get('version')}\n"
-            f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs)\n"
+            f"[recsys] serving artifact {config.artifacts} on {base} (OpenAPI: {base}/docs), "
+            f"topology {config.topology.layout}\n"
             + (
                 f"[recsys] the same API without the proxy hop (direct ingress, fastest): {direct}\n"
                 "[recsys]   (the ingress replica's own port: it changes when Serve replaces the "

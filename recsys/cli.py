@@ -104,6 +104,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="AppConfig YAML (typed app args)")
     p.add_argument("--tp", type=int, default=None, help="ranks per ranker replica (model parallel)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs for the local Ray instance")
+    p.add_argument(
+        "--topology",
+        choices=["split", "fused"],
+        default=None,
+        help="which stages share a deployment: split (one deployment per stage) or fused (the "
+        "stages inside the ingress replicas; a model-parallel ranker stays apart); default: "
+        "the config's (split)",
+    )
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
@@ -215,6 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_path=args.config,
         tp=args.tp,
         num_cpus=args.num_cpus,
+        topology=args.topology,
     )
 
 

@@ -463,3 +463,33 @@ class AppConfig(StrictModel):
         text = Path(path).read_text()
         data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
         return cls.model_validate(data or {})
+
+
+STAGE_SECTIONS: dict[StageRole, str] = {
+    "encoder": "query_encoder",
+    "retriever": "retriever",
+    "ranker": "ranker",
+}
+"""Each stage's ``AppConfig`` section (its deployment's settings when it has one)."""
+
+
+def with_layout(config: AppConfig, layout: Literal["split", "fused"]) -> AppConfig:
+    """``config`` with ``topology.layout`` set: for ``fused`` the ranker stays apart when it
+    is model-parallel (``tp > 1``), and the ingress replica gets the logical CPUs of the
+    stages that move into it (one replica of each at its ``num_cpus``)."""
+    topology = config.topology
+    if layout == topology.layout:
+        return config
+    if layout == "split":
+        new_topology = topology.model_copy(update={"layout": "split", "apart": []})
+        return config.model_copy(update={"topology": new_topology})
+    apart: list[StageRole] = ["ranker"] if topology.tp > 1 else []
+    new_topology = TopologyConfig.model_validate(
+        {**topology.model_dump(), "layout": "fused", "apart": apart}
+    )
+    moved = [role for role in STAGE_SECTIONS if role not in apart]
+    cpus = config.ingress.num_cpus + sum(
+        getattr(config, STAGE_SECTIONS[role]).num_cpus for role in moved
+    )
+    ingress = config.ingress.model_copy(update={"num_cpus": round(cpus, 3)})
+    return config.model_copy(update={"topology": new_topology, "ingress": ingress})

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Generate the committed Serve config files from the typed deployment profiles.
 
-python scripts/serve_configs.py           # (re)write deployments/configs/{local,gpu}.yaml
+python scripts/serve_configs.py           # (re)write deployments/configs/*.yaml
 python scripts/serve_configs.py --check   # exit 1 if a committed file is stale
+
+One file per profile in its own topology, and ``local-fused.yaml``: the local profile with the
+stages inside the ingress replicas (``topology.layout: fused``, ``recsys.config.with_layout``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def render(profile: str) -> str:
+CONFIGS = {"local": ("local", None), "gpu": ("gpu", None), "local-fused": ("local", "fused")}
+"""Config file name -> (profile, topology layout: None for the profile's own)."""
+
+
+def render(name: str) -> str:
     from deployments.profiles import profile as get_profile
     from deployments.serve_config import dump, serve_config
+    from recsys.config import with_layout
 
-    rel = f"deployments/configs/{profile}.yaml"
-    return dump(serve_config(get_profile(profile)), profile, rel)
+    profile, layout = CONFIGS[name]
+    app = get_profile(profile)
+    if layout is not None:
+        app = with_layout(app, layout)  # type: ignore[arg-type]
+    rel = f"deployments/configs/{name}.yaml"
+    label = profile if layout is None else f"{profile}, topology {layout}"
+    return dump(serve_config(app), label, rel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check the files are current")
     parser.add_argument(
         "--profile",
-        choices=["local", "gpu"],
+        choices=list(CONFIGS),
         action="append",
-        help="profile(s) to render (default both)",
+        help="config(s) to render (default all)",
     )
     args = parser.parse_args(argv)
     stale = []
-    for profile in args.profile or ["local", "gpu"]:
+    for profile in args.profile or list(CONFIGS):
         path = ROOT / "deployments" / "configs" / f"{profile}.yaml"
         text = render(profile)
         if args.check:

@@ -39,3 +39,38 @@ def test_app_config_from_yaml(tmp_path) -> None:
     path.write_text("artifacts: /tmp/a\nrouting:\n  deadline_ms: 250\n")
     cfg = AppConfig.from_file(path)
     assert cfg.artifacts == "/tmp/a" and cfg.routing.deadline_ms == 250
+
+
+def test_topology_layout_says_which_stages_run_in_the_ingress() -> None:
+    from recsys.config import TopologyConfig
+
+    split = TopologyConfig()
+    assert split.layout == "split" and not any(
+        split.in_ingress(s) for s in ("encoder", "retriever", "ranker")
+    )
+    partial = TopologyConfig(layout="fused", apart=["ranker"])
+    assert partial.in_ingress("encoder") and partial.in_ingress("retriever")
+    assert not partial.in_ingress("ranker")
+    with pytest.raises(ValidationError, match="needs a deployment of its own"):
+        TopologyConfig(layout="fused", tp=2)
+    with pytest.raises(ValidationError, match="only applies to layout 'fused'"):
+        TopologyConfig(apart=["ranker"])
+
+
+def test_with_layout_moves_the_stages_cpus_into_the_ingress() -> None:
+    from recsys.config import IngressConfig, TopologyConfig, with_layout
+
+    config = AppConfig(
+        ingress=IngressConfig(num_cpus=0.5),
+        query_encoder=StageConfig(num_cpus=0.25),
+        retriever=StageConfig(num_cpus=0.25),
+        ranker=StageConfig(num_cpus=1.0),
+    )
+    fused = with_layout(config, "fused")
+    assert fused.topology.layout == "fused" and fused.topology.apart == []
+    assert fused.ingress.num_cpus == 2.0
+    assert with_layout(fused, "fused") is fused
+    back = with_layout(fused, "split")
+    assert back.topology == TopologyConfig() and config.topology.layout == "split"
+    gang = with_layout(config.model_copy(update={"topology": TopologyConfig(tp=2)}), "fused")
+    assert gang.topology.apart == ["ranker"] and gang.ingress.num_cpus == 1.0

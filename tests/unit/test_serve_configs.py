@@ -21,7 +21,7 @@ from scripts.serve_configs import render
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("profile", ["local", "gpu"])
+@pytest.mark.parametrize("profile", ["local", "gpu", "local-fused"])
 def test_committed_config_is_current(profile: str) -> None:
     path = ROOT / "deployments" / "configs" / f"{profile}.yaml"
     assert path.read_text() == render(profile), (
@@ -114,6 +114,22 @@ def test_editing_a_deployment_option_changes_the_app() -> None:
     app = app_config_from_serve_config(data)
     assert app.query_encoder.autoscaling.max_replicas == 5
     assert app.query_encoder.num_cpus == 0.5
+
+
+def test_the_fused_config_deploys_only_the_ingress_with_the_stages_cpus() -> None:
+    data = yaml.safe_load((ROOT / "deployments" / "configs" / "local-fused.yaml").read_text())
+    ServeDeploySchema.model_validate(data)
+    (app,) = data["applications"]
+    assert [d["name"] for d in app["deployments"]] == ["Ingress"]
+    assert app["args"]["topology"] == {"layout": "fused"}
+    config = app_config_from_serve_config(data)
+    local = get_profile("local")
+    assert config.topology.in_ingress("ranker")
+    stages = local.query_encoder.num_cpus + local.retriever.num_cpus + local.ranker.num_cpus
+    assert config.ingress.num_cpus == pytest.approx(local.ingress.num_cpus + stages)
+    assert serve_config(config) == data  # reads back as itself
+    # each replica batches a whole ingress group per stage, as the split stages do
+    assert config.ingress.group_max_size == local.ingress.group_max_size
 
 
 @pytest.mark.parametrize(
