@@ -1,7 +1,7 @@
 """Thin Ray Serve adapters over ``recsys`` objects, the app builder and serve configs.
 
 The serving app (what ``pip install .`` runs, no extras): ``app``, ``ingress``, ``encoder``,
-``retriever``, ``ranker``, ``gang``, ``metrics``, ``readiness``, ``profiles``,
+``retriever``, ``ranker``, ``gang``, ``handles``, ``metrics``, ``readiness``, ``profiles``,
 ``serve_config``, ``serve_main``. None of them imports the tooling (``recsys.bench``,
 ``recsys.experiments``, ``recsys.traffic``, ``recsys.k8s``, kubernetes, matplotlib, httpx).
 
