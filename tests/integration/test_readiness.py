@@ -159,6 +159,34 @@ def test_first_requests_after_the_banner_are_answered_in_time(
         assert f"cold start {name}" in before_banner, before_banner[-2000:]
 
 
+def test_fused_topology_is_warm_when_the_banner_shows(
+    tiny_artifact: Path, serve_process: list[ServeProcess]
+) -> None:
+    """``recsys serve --topology fused``: the stages inside the ingress replica warm up before
+    it takes traffic too; the 50 requests right after the banner all get a ranked 200 within
+    the default 1 s deadline, and ``/readyz`` reports the ingress with its in-process stages."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["--artifacts", str(tiny_artifact), "--port", str(port), "--topology", "fused"]
+    proc = ServeProcess(args)
+    serve_process.append(proc)
+    proc.wait_banner(timeout_s=480)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        answers = [send(client, i) for i in range(50)]
+        ready = client.get("/readyz")
+    failures = [(r.status_code, r.text[:300]) for r in answers if r.status_code != 200]
+    assert not failures, failures
+    degraded = [r.json()["degraded_reason"] for r in answers if r.json()["degraded"]]
+    assert not degraded, degraded
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["topology"] == "fused" and list(body["stages"]) == ["Ingress"]
+    ingress = body["stages"]["Ingress"]
+    assert ingress["ready"] is True and ingress["cold_start_s"]["warmup"] >= 0
+    assert set(ingress["in_process"]) == {"encoder", "retriever", "ranker:control"}
+    assert any("topology fused" in line for line in proc.lines)
+
+
 async def load(base: str, stop: threading.Event, concurrency: int) -> list[tuple[int, dict]]:
     """Closed-loop load until ``stop``: (status, body) of every answer."""
     out: list[tuple[int, dict]] = []

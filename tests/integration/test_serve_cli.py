@@ -91,11 +91,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int
             proc.wait(10)
 
 
-def config_file(tmp_path: Path, artifacts: Path, port: int) -> Path:
-    data = yaml.safe_load((ROOT / "deployments" / "configs" / "local.yaml").read_text())
+def config_file(tmp_path: Path, artifacts: Path, port: int, name: str = "local") -> Path:
+    data = yaml.safe_load((ROOT / "deployments" / "configs" / f"{name}.yaml").read_text())
     data["http_options"] = {"host": "127.0.0.1", "port": port}
     data["applications"][0]["args"]["artifacts"] = str(artifacts)
-    path = tmp_path / "serve.yaml"
+    path = tmp_path / f"serve-{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -144,5 +144,23 @@ def test_serve_deploy_then_serve_run_the_committed_config(
     wait_healthy(dashboard)
     assert search(ray_head["http"]).status_code == 200
 
+    out = cli("serve", "shutdown", "--address", dashboard, "--yes")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_serve_deploy_the_fused_config(
+    ray_head: dict[str, int], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """The committed fused config (``local-fused.yaml``): one deployment, the ingress, whose
+    replicas run the stages; ready and answering like the split app."""
+    dashboard = f"http://127.0.0.1:{ray_head['dashboard']}"
+    fused = config_file(tmp_path, tiny_artifact, ray_head["http"], "local-fused")
+    out = cli("serve", "deploy", str(fused), "--address", dashboard)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert set(wait_healthy(dashboard)["deployments"]) == {"Ingress"}
+    r = search(ray_head["http"])
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
+    ready = httpx.get(f"http://127.0.0.1:{ray_head['http']}/readyz", timeout=60)
+    assert ready.status_code == 200 and ready.json()["topology"] == "fused"
     out = cli("serve", "shutdown", "--address", dashboard, "--yes")
     assert out.returncode == 0, out.stderr[-2000:]
