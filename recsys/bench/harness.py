@@ -552,8 +552,12 @@ def environment_facts(config: BenchConfig) -> dict[str, Any]:
             versions[dist] = "-"
     manifest = json.loads((Path(config.artifacts) / "manifest.json").read_text())
     index = manifest.get("reports", {}).get("index", {})
+    from recsys.reporting import git_state
+
+    commit, dirty = git_state(Path(__file__).resolve().parents[2])
     return {
         "cpus": os.cpu_count(),
+        "git": {"commit": commit, "dirty_files": dirty},
         "load_average_start": load_average(),
         "versions": versions,
         "artifact": {

@@ -406,6 +406,15 @@ def low_load_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _git_line(git: Mapping[str, Any] | None) -> str:
+    """`` at commit X (clean tree)`` / ``(N changed files)``; empty for older summaries."""
+    if not git:
+        return ""
+    dirty = git.get("dirty_files") or []
+    state = "clean tree" if not dirty else f"{len(dirty)} changed files: {', '.join(dirty)}"
+    return f" at commit `{str(git.get('commit'))[:12]}` ({state})"
+
+
 def render_markdown(summary: Mapping[str, Any], notes: str = "") -> str:
     """The report."""
     env = summary["environment"]
@@ -428,7 +437,7 @@ def render_markdown(summary: Mapping[str, Any], notes: str = "") -> str:
         + ", ".join(f"{k} {val}" for k, val in env["versions"].items())
         + ".",
         "",
-        f"Command: `{summary['command']}`",
+        f"Command: `{summary['command']}`" + _git_line(env.get("git")),
         "",
         f"SLO: p99 <= {slo['p99_ms']:g} ms and >= {100 * slo['min_good_share']:g}% good "
         f"requests. Open-loop Poisson arrivals, mix "

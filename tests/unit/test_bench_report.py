@@ -148,3 +148,11 @@ def test_rerender_uses_the_saved_summary_and_notes(result: BenchResult, tmp_path
     summary = rerender(tmp_path, tmp_path / "notes.md")
     assert summary["ratios"]["serve_vs_naive_sustained_ratio"] == pytest.approx(2.0)
     assert "The proxy hop dominates." in (tmp_path / "report.md").read_text()
+
+
+def test_report_names_the_commit_it_measured(result: BenchResult) -> None:
+    s = build_summary(result, "cmd")
+    s["environment"]["git"] = {"commit": "0123456789abcdef", "dirty_files": []}
+    assert "at commit `0123456789ab` (clean tree)" in render_markdown(s)
+    s["environment"]["git"]["dirty_files"] = ["recsys/x.py"]
+    assert "1 changed files: recsys/x.py" in render_markdown(s)
