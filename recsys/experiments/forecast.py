@@ -6,7 +6,12 @@ capacity when the queue is already there, and the queue grows for the whole lead
 one asks for what the load will be ``lead_s`` from now, from what is knowable at the time:
 
 * the recent level and trend of the load (a least-squares slope over ``trend_window_s``),
-  extrapolated ``lead_s`` ahead (rises only: a falling trend never removes capacity early);
+  extrapolated ``lead_s`` ahead (rises only: a falling trend never removes capacity early).
+  Extrapolated that far, noise is amplified: at 0.3 req/s a replica's ongoing count jumps
+  between 0 and 2, and a slope fitted to that, times 150 s, asked for every gang the pool
+  had. So the trend counts only once a whole window has been seen and when it stands out
+  of the noise (the slope of ``trend_bin_s`` means at least ``trend_min_t`` standard
+  errors above zero);
 * queue growth: requests waiting beyond the replicas' capacity are added as demand;
 * a daily shape learned from earlier days (``period_s``: the load seen one period ago at the
   time ``lead_s`` ahead, scaled by how today compares with that day so far);
@@ -74,6 +79,11 @@ class PredictiveScaler:
     """Capacity asked for over the predicted load (queueing margin of a few replicas)."""
     trend_window_s: float = 60.0
     """Window of the slope fit."""
+    trend_bin_s: float = 5.0
+    """The fit runs over means of this many seconds (samples a control-loop tick apart are
+    not independent)."""
+    trend_min_t: float = 3.0
+    """A slope counts only at least this many standard errors above zero."""
     level_window_s: float = 10.0
     """Window of the current level (a mean)."""
     downscale_hold_s: float = 120.0
@@ -97,17 +107,26 @@ class PredictiveScaler:
         return sum(x for _, x in recent) / len(recent) if recent else 0.0
 
     def slope(self, now: float) -> float:
-        """Least-squares slope of the load over the trend window (load units per second)."""
-        pts = self._window(now, self.trend_window_s)
-        if len(pts) < 3:
+        """Least-squares slope of the load over the trend window (load units per second), 0
+        before a whole window was seen or when it is within the noise (``trend_min_t``)."""
+        if not self.history or self.history[0][0] > now - 0.9 * self.trend_window_s:
             return 0.0
+        bins: dict[int, list[float]] = {}
+        for t, x in self._window(now, self.trend_window_s):
+            bins.setdefault(int((now - t) // self.trend_bin_s), []).append(x)
+        pts = [(-(k + 0.5) * self.trend_bin_s, sum(v) / len(v)) for k, v in bins.items()]
         n = len(pts)
+        if n < 4:
+            return 0.0
         mt = sum(t for t, _ in pts) / n
         mx = sum(x for _, x in pts) / n
         var = sum((t - mt) ** 2 for t, _ in pts)
         if var <= 0:
             return 0.0
-        return sum((t - mt) * (x - mx) for t, x in pts) / var
+        b = sum((t - mt) * (x - mx) for t, x in pts) / var
+        residual = sum((x - mx - b * (t - mt)) ** 2 for t, x in pts) / (n - 2)
+        stderr = math.sqrt(residual / var)
+        return b if b > 0 and (stderr == 0 or b / stderr >= self.trend_min_t) else 0.0
 
     def _at(self, t: float, width: float) -> float | None:
         pts = [x for s, x in self.history if abs(s - t) <= width / 2]

@@ -35,6 +35,20 @@ def test_a_rising_trend_asks_for_capacity_one_lead_time_ahead():
     assert [flat.decide(t, 1.1) for t in range(0, 61)][-1] == 2
 
 
+def test_noise_at_a_low_steady_load_is_not_extrapolated():
+    """Ongoing requests at ~0.3 req/s jump between 0 and 2; fitted and extrapolated 150 s
+    ahead, that noise would ask for every gang. A steady load asks for what its level needs,
+    from the warm-up's first seconds on."""
+    rng = np.random.default_rng(0)
+    s = _scaler(max_replicas=4, headroom=1.5)
+    wanted = [s.decide(t / 10, float(rng.poisson(0.35))) for t in range(0, 6000)]
+    assert max(wanted) <= 2
+    rising = _scaler(max_replicas=4, headroom=1.0)
+    for t in range(0, 600):  # 0.3 -> 1.5 over the minute, with the same noise
+        last = rising.decide(t / 10, float(rng.poisson(0.3 + 0.02 * t / 10)))
+    assert last >= 3
+
+
 def test_scale_down_waits_for_the_hold():
     s = _scaler(headroom=1.0, downscale_hold_s=100.0)
     for t in range(0, 20):
