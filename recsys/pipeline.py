@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from recsys.artifacts import Artifact
 from recsys.cache import EmbeddingCache
@@ -119,11 +120,18 @@ class Pipeline:
     def run(
         self, prepared: list[PreparedRequest], deadline_ms: float | None = None
     ) -> list[RankedResponse]:
-        """:meth:`answer` from synchronous code (on an event loop of this thread's own)."""
-        runner = getattr(self._loops, "runner", None)
-        if runner is None:
-            runner = self._loops.runner = asyncio.Runner()
-        return runner.run(self.answer(prepared, deadline_ms))
+        """:meth:`answer` from synchronous code (on an event loop of this thread's own). Called
+        where an event loop already runs in this thread (an app factory, a notebook), it
+        blocks that loop and computes on a thread of its own, as a plain function would."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop here: the usual case
+            runner = getattr(self._loops, "runner", None)
+            if runner is None:
+                runner = self._loops.runner = asyncio.Runner()
+            return runner.run(self.answer(prepared, deadline_ms))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline") as thread:
+            return thread.submit(self.run, prepared, deadline_ms).result()
 
     def search(
         self,

@@ -105,3 +105,13 @@ def test_shopper_without_history_gets_popular_candidates(pipeline: Pipeline) -> 
         pytest.skip("every shopper of the tiny world has history")
     cands = pipeline.retriever.retrieve([RetrievalRequest(n=20, user_idx=int(no_history[0]))])[0]
     assert cands.source == "popular" and len(cands) == 20
+
+
+def test_run_works_where_an_event_loop_already_runs(pipeline: Pipeline) -> None:
+    """An app factory or a notebook calls the synchronous API from inside a running loop."""
+    import asyncio
+
+    async def inside() -> list[str]:
+        return [i.item_id for i in pipeline.search("desk lamp", k=3).items]
+
+    assert asyncio.run(inside()) == [i.item_id for i in pipeline.search("desk lamp", k=3).items]
