@@ -283,14 +283,14 @@ class AdaptiveLimit:
     (after ``max_queue_ms``), too low and a machine with room refuses work. The ingress
     knows how long each request queued (from its arrival at the server to its group going
     down the chain) against its budget: that share is the *pressure* in each answer
-    (:data:`QUEUE_PRESSURE_HEADER`). Above ``target`` (1: queued as long as the ingress
-    allows, so it sheds from here on) the limit shrinks by ``backoff`` (at
-    most once per ``cooldown_s``: the answers that show one queue arrive together); at or
+    (:data:`QUEUE_PRESSURE_HEADER`). Above ``target`` (0.75: three quarters of what the
+    ingress allows before it sheds; it browns out from 0.5) the limit shrinks by ``backoff``
+    (at most once per ``cooldown_s``: the answers that show one queue arrive together); at or
     below it, and only while the limit is in use (at least half of it in flight), it grows
     by one request per limit's worth of answers. So the excess of an overload is refused at
     once, at the front, instead of after queueing; a passing slowdown (a replica starting on
-    the same cores) that queues less than the budget refuses nothing. The ``floor`` keeps a
-    slow spell from shutting the door on the load it can still serve.
+    the same cores) that queues less than ``target`` of the budget refuses nothing. The
+    ``floor`` keeps a slow spell from shutting the door on the load it can still serve.
     """
 
     def __init__(
@@ -299,7 +299,7 @@ class AdaptiveLimit:
         *,
         floor: int = 16,
         initial: int = 32,
-        target: float = 1.0,
+        target: float = 0.75,
         backoff: float = 0.75,
         cooldown_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
