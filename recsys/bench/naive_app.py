@@ -14,6 +14,7 @@ The app's config and the torch / FAISS threads of each worker come from the envi
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 from fastapi import FastAPI
@@ -27,14 +28,22 @@ THREADS_ENV = "RECSYS_BENCH_NAIVE_THREADS"
 
 
 def create() -> FastAPI:
-    """The naive app of one uvicorn worker (uvicorn's ``--factory``)."""
+    """The naive app of one uvicorn worker (uvicorn's ``--factory``).
+
+    uvicorn calls this inside its running event loop, where the synchronous
+    ``Pipeline.run`` of the warm-up cannot run its own loop: the pipeline is loaded and
+    warmed on a thread of its own (the routes call it from FastAPI's thread pool)."""
     from recsys.bench.batcher import load_pipeline
     from recsys.bench.naive_server import create_app
+    from recsys.pipeline import Pipeline
 
     raw = os.environ.get(CONFIG_ENV)
     config = AppConfig.model_validate_json(raw) if raw else AppConfig()
+    threads = int(os.environ.get(THREADS_ENV, "1"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return create_app(load_pipeline(config, int(os.environ.get(THREADS_ENV, "1"))))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="naive-load") as pool:
+        pipeline: Pipeline = pool.submit(load_pipeline, config, threads).result()
+    return create_app(pipeline)
 
 
 def naive_command(python: str, port: int, workers: int, host: str = "127.0.0.1") -> list[str]:

@@ -102,3 +102,36 @@ def test_the_benchmark_package_never_imports_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_naive_app_loads_its_pipeline_off_uvicorns_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn calls the factory inside its running loop, where the synchronous
+    Pipeline.run of the warm-up cannot run; the factory must load on a thread of its own."""
+    import asyncio
+
+    from recsys.bench import batcher, naive_app, naive_server
+
+    seen: dict[str, object] = {}
+
+    def fake_load(config: AppConfig, threads: int) -> str:
+        try:
+            asyncio.get_running_loop()
+            seen["in_loop"] = True
+        except RuntimeError:
+            seen["in_loop"] = False
+        seen["threads"] = threads
+        return "pipeline"
+
+    monkeypatch.setattr(batcher, "load_pipeline", fake_load)
+    monkeypatch.setattr(naive_server, "create_app", lambda pipeline: f"app over {pipeline}")
+    monkeypatch.setenv(naive_app.THREADS_ENV, "3")
+
+    async def factory_in_a_loop() -> object:
+        return naive_app.create()
+
+    assert asyncio.run(factory_in_a_loop()) == "app over pipeline"
+    assert seen == {"in_loop": False, "threads": 3}
+    command = naive_app.naive_command("python", 8300, 2)
+    assert command[command.index("--workers") + 1] == "2" and "--factory" in command
