@@ -334,8 +334,10 @@ class ExperimentSummary(StrictModel):
     degraded_by_reason: dict[str, int] = Field(default_factory=dict)
     degraded_by_scale_down: int = 0
     """Degraded answers whose reason says the ranker failed or was unavailable
-    (``ranker_failed``/``ranker_unavailable``): what a gang torn down under load causes. A
-    late ranker (deadline) is counted apart."""
+    (``ranker_failed``/``ranker_unavailable``) scheduled while ranker replicas were being
+    removed, one SLO either side (:func:`scale_down_intervals`): what a gang torn down under
+    load causes. The same reasons at other times (a breaker that an overloaded gang opened)
+    and a late ranker (deadline) are in ``degraded_by_reason`` only."""
     requests_without_outcome: int = 0
     pending_gpu_node_seconds: float = 0.0
     """Node-seconds of nodes requested but not yet arrived (billed on a real cloud)."""
@@ -352,6 +354,55 @@ class ExperimentSummary(StrictModel):
     """Dollars of GPU-seconds per million sent requests at ``usd_per_gpu_hour``."""
     commit: str = ""
     dirty_files: list[str] = Field(default_factory=list)
+
+
+SCALE_DOWN_REASONS = ("ranker_failed", "ranker_unavailable")
+
+
+def scale_down_intervals(
+    samples: pd.DataFrame, margin_s: float, prefix: str = "Ranker"
+) -> list[tuple[float, float]]:
+    """When ranker replicas were being removed, widened by ``margin_s`` on both sides: from
+    ``margin_s`` before a deployment's target fell below its running replicas (requests then in
+    flight) to ``margin_s`` after the running count came down to the target (drained)."""
+    running = replica_series(samples)
+    target = replica_series(samples, "target_replicas")
+    intervals: list[tuple[float, float]] = []
+    for name in running.columns:
+        if not str(name).startswith(prefix):
+            continue
+        run = running[name]
+        tgt = target[name] if name in target.columns else run
+        both = pd.concat([run, tgt], axis=1, keys=["run", "tgt"]).ffill()
+        times = both.index.to_numpy(dtype=np.float64)
+        runs = both["run"].to_numpy(dtype=np.float64)
+        # being removed: the target below the running count, or the running count falling
+        removing = both["tgt"].to_numpy(dtype=np.float64) < runs
+        removing[1:] |= runs[1:] < runs[:-1]
+        start: float | None = None
+        for i, flag in enumerate(removing):
+            if flag and start is None:
+                start = float(times[i - 1] if i > 0 and not removing[i - 1] else times[i])
+            elif not flag and start is not None:
+                intervals.append((start - margin_s, float(times[i]) + margin_s))
+                start = None
+        if start is not None:
+            intervals.append((start - margin_s, float(times[-1]) + margin_s))
+    return intervals
+
+
+def count_scale_down_degraded(
+    r: pd.DataFrame, degraded: pd.Series, samples: pd.DataFrame, margin_s: float
+) -> int:
+    """Degraded answers whose reason says the ranker failed or was unavailable and that were
+    scheduled while ranker replicas were being removed (:func:`scale_down_intervals`); the same
+    reasons at other times (a breaker opened by an overloaded gang) are not scale-down's."""
+    if "degraded_reason" not in r or "running_replicas" not in set(samples["metric"]):
+        return 0
+    hit = degraded & r["degraded_reason"].isin(SCALE_DOWN_REASONS)
+    at = r.loc[hit, "scheduled_s"].to_numpy(dtype=np.float64)
+    intervals = scale_down_intervals(samples, margin_s)
+    return int(sum(any(a <= t <= b for a, b in intervals) for t in at))
 
 
 def _int_dict(row: pd.Series | None) -> dict[str, int]:
@@ -498,9 +549,7 @@ def summarize(exp: Experiment) -> ExperimentSummary:
         **extra,
         degraded_share=share(degraded, sent),
         degraded_by_reason=by_reason,
-        degraded_by_scale_down=sum(
-            v for k, v in by_reason.items() if k in ("ranker_failed", "ranker_unavailable")
-        ),
+        degraded_by_scale_down=count_scale_down_degraded(r, degraded, exp.samples, slo / 1000.0),
         requests_without_outcome=n_sent - with_outcome,
         commit=spec.commit,
         dirty_files=spec.dirty_files,

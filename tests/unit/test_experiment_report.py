@@ -21,9 +21,11 @@ from recsys.experiments.compare import (
 from recsys.experiments.report import (
     PLOTS,
     ExperimentSummary,
+    count_scale_down_degraded,
     hold_integral,
     load_experiment,
     request_windows,
+    scale_down_intervals,
     summarize,
     write_report,
 )
@@ -187,3 +189,33 @@ def test_write_comparison(tmp_path: Path) -> None:
     assert "`step-a`" in text and "`step-b`" in text and "GPU-node-seconds" in text
     assert "../step-a/report.md" in text
     assert np.isfinite(len(text))
+
+
+def test_only_ranker_failures_while_replicas_are_removed_count_as_scale_down() -> None:
+    """A breaker opened by an overloaded gang (no replica leaving) is not scale-down's; a
+    failure while a gang was being removed is."""
+    rows = []
+    for t in range(0, 100):
+        running = 3 if t < 62 else 2  # target falls at t=50, the gang drains until t=62
+        target = 3 if t < 50 else 2
+        rows += [(float(t), "running_replicas", "Ranker", float(running))]
+        rows += [(float(t), "target_replicas", "Ranker", float(target))]
+    samples = pd.DataFrame(rows, columns=["t_s", "metric", "name", "value"])
+    assert scale_down_intervals(samples, margin_s=4.0) == [
+        (45.0, 67.0)
+    ]  # last sample before it began, first after it ended
+    requests = pd.DataFrame(
+        {
+            "scheduled_s": [10.0, 48.0, 55.0, 64.0, 80.0, 56.0],
+            "degraded_reason": [
+                "ranker_unavailable",  # overload, nothing leaving
+                "ranker_failed",  # in flight when the removal began
+                "ranker_unavailable",
+                "ranker_failed",  # just after the drain
+                "ranker_failed",  # long after
+                "ranker_deadline",  # late, not failed
+            ],
+        }
+    )
+    degraded = pd.Series([True] * len(requests))
+    assert count_scale_down_degraded(requests, degraded, samples, margin_s=4.0) == 3
