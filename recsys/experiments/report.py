@@ -979,7 +979,8 @@ def result_rows(s: ExperimentSummary) -> list[tuple[str, str]]:
             fmt_number(s.cost_per_million_requests, " $", 2),
         ),
         (
-            "degraded share / by reason / caused by scale-down (ranker failed or unavailable)",
+            "degraded share / by reason / caused by scale-down (ranker failed or unavailable "
+            "while ranker replicas were being removed)",
             f"{fmt_share(s.degraded_share)} / "
             + (", ".join(f"{k} {v}" for k, v in sorted(s.degraded_by_reason.items())) or "-")
             + f" / {s.degraded_by_scale_down}",
