@@ -157,14 +157,14 @@ class ServeErrorsAsJSON:
             return
         held: dict[str, Any] | None = None
         chunks: list[bytes] = []
-        started: list[bool] = []  # whether any answer has gone out
+        started = False  # whether any answer has gone out
 
         async def wrapped_send(message: dict[str, Any]) -> None:
-            nonlocal held
+            nonlocal held, started
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or []
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-                started.append(True)
+                started = True
                 if message["status"] >= 400 and b"json" not in ctype.lower():
                     held = message  # rewrite once the whole body is here
                     return
@@ -314,7 +314,6 @@ class AdaptiveLimit:
         self.cooldown_s = cooldown_s
         self._clock = clock
         self._last_decrease = -math.inf
-        self.decreases = 0
 
     @property
     def value(self) -> int:
@@ -327,7 +326,6 @@ class AdaptiveLimit:
             if now - self._last_decrease >= self.cooldown_s:
                 self.limit = max(float(self.floor), self.limit * self.backoff)
                 self._last_decrease = now
-                self.decreases += 1
         elif in_flight >= self.limit / 2:
             self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
 
@@ -357,7 +355,6 @@ class InFlightLimit:
         max_in_flight: int | None = None,
         retry_after_ms: int = 1000,
         *,
-        adaptive: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.app = app
@@ -367,7 +364,7 @@ class InFlightLimit:
             # the floor: an eighth of the ceiling (a quarter of one round of the ingresses'
             # group slots): a slow spell never shuts the front below a useful trickle
             AdaptiveLimit(self.max_in_flight, floor=max(8, self.max_in_flight // 8), clock=clock)
-            if adaptive and self.max_in_flight
+            if self.max_in_flight
             else None
         )
         self.in_flight = 0
