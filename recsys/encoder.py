@@ -75,7 +75,8 @@ class QueryEncoder:
             torch.set_num_threads(self.config.num_threads)
         path = model_path or default_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).eval()
+        # fp32 weights whatever the checkpoint holds; _place casts for the GPU precisions
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.model = self._place(model)
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
