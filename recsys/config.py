@@ -83,7 +83,8 @@ class EncoderConfig(StrictModel):
     """Where the model runs; ``auto`` picks CUDA when torch sees a GPU."""
     precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
     """Weights/activations: ``int8`` (dynamic quantisation) only on CPU, ``fp16``/``bf16`` only on
-    GPU; ``auto`` means fp32 on CPU and fp16 on GPU."""
+    GPU; ``auto`` means fp32 (on an H200, fp16/bf16 were no faster for query batches up to 128
+    and for catalog embedding, and changed 1.4% / 3% of a query's top 10: results/gpu)."""
     num_threads: int | None = Field(None, ge=1)
     """torch intra-op threads (None: leave torch's default)."""
     cache_size: int = Field(10_000, ge=0)

@@ -52,7 +52,9 @@ def resolve_placement(config: EncoderConfig) -> ResolvedPlacement:
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
     precision = config.precision
     if precision == "auto":
-        precision = "fp16" if device == "cuda" else "fp32"
+        # fp32 on the GPU too: at serving batch sizes MiniLM-L6 is launch-bound there, so fp16
+        # and bf16 are no faster and move 1-3% of each query's top 10 (results/gpu/report.md)
+        precision = "fp32"
     if precision == "int8" and device != "cpu":
         raise ValueError("encoder.precision 'int8' (dynamic quantisation) runs on CPU only")
     if precision in ("fp16", "bf16") and device != "cuda":

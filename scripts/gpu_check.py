@@ -444,6 +444,8 @@ def write_report(out: Path, df: pd.DataFrame, env: dict[str, Any], command: str)
         "(what a stage pays). `per_s` is texts, queries or candidate rows per second at the "
         "median. cpu rows ran on the same machine's cores.",
         "",
+        "![retrieval and encoder latency](gpu_check.png)",
+        "",
         "## Encoder (MiniLM-L6, the project's QueryEncoder, tokenisation included)",
         "",
         "Query batches (real queries of the demo catalog, max 32 tokens):",
@@ -499,6 +501,45 @@ def write_report(out: Path, df: pd.DataFrame, env: dict[str, Any], command: str)
     (out / "report.md").write_text("\n".join(sections))
 
 
+def plot(out: Path, df: pd.DataFrame) -> None:
+    """Retrieval latency against corpus size per precision, and encoder latency per batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ret = df[(df.stage == "retrieval") & (df.test == "exact_topk")]
+    for (setting, batch), part in ret.groupby(["setting", "batch"]):
+        if batch not in (1, 256):
+            continue
+        part = part.sort_values("n")
+        style = "-" if batch == 256 else "--"
+        left.plot(part.n, part.p50_ms, style, marker="o", label=f"{setting}, batch {int(batch)}")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="items in the corpus",
+        ylabel="p50 ms per call",
+        title=f"Exact top-{int(ret.k.max()) if len(ret) else 0} retrieval",
+    )
+    left.legend(fontsize=7)
+    enc = df[(df.stage == "encoder") & (df.test == "query_batch")]
+    for setting, part in enc.groupby("setting"):
+        right.plot(part.batch, part.p50_ms, marker="o", label=setting)
+    right.set(
+        xscale="log",
+        yscale="log",
+        xlabel="queries per batch",
+        ylabel="p50 ms per call",
+        title="MiniLM query encoding (tokeniser included)",
+    )
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gpu_check.png", dpi=110)
+    plt.close(fig)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -523,11 +564,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--k", type=int, default=200, help="candidates retrieved per query (200)")
     p.add_argument("--commit", default="unknown", help="the commit measured (recorded)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite report.md and the plot from --out's gpu_check.parquet "
+        "and summary.json (a run fetched back from a GPU machine)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        df = pd.read_parquet(args.out / "gpu_check.parquet")
+        summary = json.loads((args.out / "summary.json").read_text())
+        write_report(args.out, df, summary["environment"], summary["command"])
+        plot(args.out, df)
+        print((args.out / "report.md").read_text())
+        return 0
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         print("--device cuda: torch sees no CUDA device", file=sys.stderr)
@@ -552,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     df.to_parquet(args.out / "gpu_check.parquet")
     command = "python scripts/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(args.out, df, env, command)
-    summary = {"environment": env, "rows": len(df)}
+    plot(args.out, df)
+    summary = {"environment": env, "rows": len(df), "command": command}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print((args.out / "report.md").read_text())
     return 0
