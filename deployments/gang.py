@@ -10,6 +10,9 @@ and Serve replaces the whole gang (the placement group goes with the replica).
 
 from __future__ import annotations
 
+import logging
+import os
+
 import ray
 import torch
 from ray.util.placement_group import get_current_placement_group
@@ -23,6 +26,8 @@ from recsys.ranker.sharded import GangExecutor, RankSetup, serve_rank
 from recsys.ranker.sharding import plan_sharding
 from recsys.ranker.weights import read_meta
 
+log = logging.getLogger(__name__)
+
 
 @ray.remote(max_concurrency=2)
 class RankWorker:
@@ -33,8 +38,6 @@ class RankWorker:
         return setup.rank
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
 
@@ -84,6 +87,17 @@ class RayActorLauncher:
             ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout_s)
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+
+
+def end_this_replica(reason: str) -> None:
+    """Kill the replica's own actor (no restart): Serve sees it die, stops routing to it and
+    starts a replacement; its rank actors die with it (they are its children)."""
+    log.error("ending this ranker replica: %s", reason)
+    try:
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+    except Exception:  # pragma: no cover - the kill itself failed: leave the hard way
+        log.exception("ray.kill of this replica failed; exiting the process")
+        os._exit(1)
 
 
 def start_gang_executor(artifact: Artifact, config: AppConfig) -> GangExecutor:

@@ -74,6 +74,13 @@ class RankerDeployment:
                 served_batch_sizes(config.ranker.max_batch_size),
             )
             run_batches(self.ranker.score, batches)
+        self.watchdog = None
+        if self.tp > 1:
+            from deployments.gang import end_this_replica
+            from recsys.ranker.sharded import GangWatchdog
+
+            # a broken gang ends its replica at once rather than after Serve's health checks
+            self.watchdog = GangWatchdog(self.ranker.check_health, end_this_replica).start()
         finish_cold_start(self.cold)
 
     @serve.batch
@@ -108,7 +115,8 @@ class RankerDeployment:
 
     def check_health(self) -> None:
         """Fails when a rank of the gang died or the process group broke: Serve then replaces
-        the replica, and with it the placement group and every rank."""
+        the replica, and with it the placement group and every rank. (The gang's watchdog
+        usually ends the replica first, within a quarter second.)"""
         self.ranker.check_health()
 
     def readiness(self) -> dict[str, Any]:
@@ -135,6 +143,9 @@ class RankerDeployment:
         return launcher.worker_pids() if launcher is not None else []
 
     def __del__(self) -> None:
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()
         ranker = getattr(self, "ranker", None)
         if ranker is not None:
             ranker.executor.close()

@@ -24,7 +24,9 @@ ranks still learn of it at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +40,8 @@ from torch import nn
 from recsys.ranker.model import DENSE_FEATURES, SPARSE_FEATURES, CrossNetwork, RankerSpec
 from recsys.ranker.sharding import RankShard, ShardingPlan
 from recsys.ranker.weights import load_slice, load_tensor
+
+log = logging.getLogger(__name__)
 
 OP_STOP, OP_FORWARD = 0, 1
 IDLE_WAIT = timedelta(days=1)  # how long a rank waits for the next batch's header
@@ -264,3 +268,43 @@ class GangExecutor:
             self.launcher.stop(timeout_s=10.0)
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+class GangWatchdog:
+    """Polls a gang's health and reports the first failure once, from a daemon thread.
+
+    A replica whose gang broke can never serve again; the Serve deployment hands
+    ``on_broken`` a function that ends the replica, so that Serve replaces it (and routes to
+    the other replicas) within ``period_s`` instead of after its health checks run out
+    (three failed checks at ``health_check_period_s``: 30 s by default). ``check`` is the
+    executor's ``check_health``: it raises once a rank died or a collective failed."""
+
+    def __init__(
+        self,
+        check: Callable[[], None],
+        on_broken: Callable[[str], None],
+        period_s: float = 0.25,
+    ):
+        if period_s <= 0:
+            raise ValueError("period_s must be > 0")
+        self.check, self.on_broken, self.period_s = check, on_broken, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gang-watchdog", daemon=True)
+
+    def start(self) -> GangWatchdog:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.check()
+            except Exception as exc:  # any failure of the check means the gang is unusable
+                log.error("ranker gang broken: %s", exc)
+                self.on_broken(f"{type(exc).__name__}: {exc}")
+                return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from recsys.ranker.executor import LocalExecutor
 from recsys.ranker.launch import local_gang
 from recsys.ranker.model import RankerSpec
 from recsys.ranker.plan_cli import measure_shards
-from recsys.ranker.sharded import ShardedRanker
+from recsys.ranker.sharded import GangWatchdog, ShardedRanker
 from recsys.ranker.sharding import (
     InfeasiblePlanError,
     devices_needed,
@@ -159,3 +160,44 @@ def test_a_gang_idle_past_its_timeout_still_serves(tiny_artifact: Path) -> None:
     finally:
         gang.close()
     assert np.abs(got - reference).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_the_watchdog_reports_a_dead_rank_once_and_stops(tiny_artifact: Path) -> None:
+    """The Serve replica hands the watchdog a function that ends the replica; here it records."""
+    spec, weights = trained(tiny_artifact)
+    gang = local_gang(weights, plan_sharding(spec, 2), timeout_s=10)
+    reports: list[str] = []
+    broken = threading.Event()
+
+    def on_broken(reason: str) -> None:
+        reports.append(reason)
+        broken.set()
+
+    watchdog = GangWatchdog(gang.check_health, on_broken, period_s=0.05).start()
+    try:
+        time.sleep(0.3)
+        assert not broken.is_set(), f"a healthy gang was reported broken: {reports}"
+        gang.launcher.processes[0].kill()
+        assert broken.wait(10), "the watchdog never noticed the dead rank"
+        time.sleep(0.3)
+    finally:
+        watchdog.stop()
+        gang.close()
+    assert len(reports) == 1 and "no longer alive" in reports[0]
+
+
+def test_the_watchdog_stays_quiet_while_the_check_passes() -> None:
+    calls = threading.Semaphore(0)
+    reports: list[str] = []
+
+    def check() -> None:
+        calls.release()
+
+    watchdog = GangWatchdog(check, reports.append, period_s=0.01).start()
+    try:
+        for _ in range(5):  # it keeps polling
+            assert calls.acquire(timeout=5)
+    finally:
+        watchdog.stop()
+    assert reports == []
