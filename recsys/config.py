@@ -303,8 +303,10 @@ class StageConfig(StrictModel):
     """Replica autoscaling."""
     torch_threads: int = Field(1, ge=1)
     """torch intra-op threads in the replica."""
-    health_check_period_s: float = Field(10.0, gt=0)
-    """How often Serve calls the replica's ``check_health`` (a failing one is replaced)."""
+    health_check_period_s: float = Field(2.0, gt=0)
+    """How often Serve calls the replica's ``check_health`` (a failing one is replaced). It is
+    also when Serve's controller learns that a replica's actor died: until then the callers'
+    routers may still pick it, so it is short (Serve's own default is 10 s)."""
     fault_delay_ms: float = Field(0.0, ge=0)
     """Fault injection for drills and tests: extra delay per batch (keep 0 in production)."""
 

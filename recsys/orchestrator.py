@@ -70,6 +70,7 @@ DOWN_ERRORS = (
     "ActorUnavailableError",
     "AioRpcError",
     "DeploymentUnavailableError",
+    "GangBrokenError",  # a rank of the ranker's gang died: that replica ends itself
 )
 """Errors (by class name, so that this module needs no Ray) meaning the stage's replica or
 deployment is gone: its breaker opens at once."""

@@ -331,6 +331,20 @@ def test_a_dead_ranker_replica_opens_its_breaker_at_once() -> None:
     assert flow.breakers["rank:control"].state == "open"
 
 
+def test_a_broken_ranker_gang_opens_its_breaker_at_once() -> None:
+    """The replica whose gang lost a rank ends itself: no point asking it twice more."""
+    from recsys.ranker.sharded import GangBrokenError
+
+    class RemoteGangBrokenError(GangBrokenError):
+        """As the caller receives it: Ray's remote error subclasses the raised class."""
+
+    flow = Flow()
+    flow.rankers["control"].error = RemoteGangBrokenError("collective failed")
+    (answer,) = flow.run([flow.job(query="pans")])
+    assert isinstance(answer, Answer) and answer.response.degraded_reason == "ranker_unavailable"
+    assert flow.breakers["rank:control"].state == "open"
+
+
 def test_retrieval_failure_fails_the_whole_group_and_opens_its_breaker() -> None:
     flow = Flow()
     flow.retriever.error = RuntimeError("index gone")
