@@ -37,19 +37,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recsys.ranker.errors import GangBrokenError
 from recsys.ranker.model import DENSE_FEATURES, SPARSE_FEATURES, CrossNetwork, RankerSpec
 from recsys.ranker.sharding import RankShard, ShardingPlan
 from recsys.ranker.weights import load_slice, load_tensor
 
 log = logging.getLogger(__name__)
 
+__all__ = ["GangBrokenError", "GangExecutor", "GangWatchdog", "RankSetup", "ShardedRanker"]
+
 OP_STOP, OP_FORWARD = 0, 1
 IDLE_WAIT = timedelta(days=1)  # how long a rank waits for the next batch's header
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class GangBrokenError(RuntimeError):
-    """A rank died or the process group failed; the gang must be replaced."""
 
 
 class ShardedRanker(nn.Module):

@@ -204,3 +204,26 @@ def test_serving_imports_come_with_the_core_install() -> None:
     assert not missing, f"serving modules import what only extras install: {missing}"
     assert {"ray", "torch", "faiss-cpu", "transformers"} <= closure
     assert not {"kubernetes", "matplotlib"} & closure
+
+
+def test_errors_a_ranker_raises_reach_the_ingress_without_the_model_stack() -> None:
+    """A replica's exception reaches its caller pickled; unpickling imports the class's module.
+    The ingress must not import torch for it (seconds of a stalled event loop)."""
+    import base64
+    import pickle
+
+    from recsys.ranker.sharded import GangBrokenError
+
+    payload = base64.b64encode(pickle.dumps(GangBrokenError("a rank died"))).decode()
+    probe = (
+        "import base64, json, pickle, sys\n"
+        f"err = pickle.loads(base64.b64decode({payload!r}))\n"
+        "print(json.dumps([type(err).__name__, "
+        f"sorted(m for m in {list(MODEL_STACK)!r} if m in sys.modules)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    name, stack = json.loads(out.stdout)
+    assert name == "GangBrokenError"
+    assert stack == [], f"unpickling the ranker's error imported {stack}"

@@ -333,7 +333,7 @@ def test_a_dead_ranker_replica_opens_its_breaker_at_once() -> None:
 
 def test_a_broken_ranker_gang_opens_its_breaker_at_once() -> None:
     """The replica whose gang lost a rank ends itself: no point asking it twice more."""
-    from recsys.ranker.sharded import GangBrokenError
+    from recsys.ranker.errors import GangBrokenError
 
     class RemoteGangBrokenError(GangBrokenError):
         """As the caller receives it: Ray's remote error subclasses the raised class."""
