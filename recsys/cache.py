@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -14,7 +15,11 @@ def normalise_query(text: str) -> str:
 
 
 class EmbeddingCache:
-    """LRU map from normalised query text to its embedding (a read-only float32 vector)."""
+    """LRU map from normalised query text to its embedding (a read-only float32 vector).
+
+    Safe to share between threads (the fused topology's stage threads): each lookup and
+    insert holds a lock; the encoding of the misses does not, so two threads may both encode
+    a query neither found, and the later answer wins (the same vector)."""
 
     def __init__(self, capacity: int):
         if capacity < 0:
@@ -23,6 +28,7 @@ class EmbeddingCache:
         self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
         self.hits = 0
         self.lookups = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -32,22 +38,24 @@ class EmbeddingCache:
         return self.hits / self.lookups if self.lookups else 0.0
 
     def get(self, key: str) -> np.ndarray | None:
-        self.lookups += 1
-        vec = self._entries.get(key)
-        if vec is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-        return vec
+        with self._lock:
+            self.lookups += 1
+            vec = self._entries.get(key)
+            if vec is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return vec
 
     def put(self, key: str, vec: np.ndarray) -> None:
         if self.capacity == 0:
             return
         vec = np.array(vec, dtype=np.float32, copy=True)
         vec.setflags(write=False)
-        self._entries[key] = vec
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = vec
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
     def encode_through(
         self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], dim: int

@@ -87,6 +87,12 @@ class EncoderConfig(StrictModel):
     and for catalog embedding, and changed 1.4% / 3% of a query's top 10: results/gpu)."""
     num_threads: int | None = Field(None, ge=1)
     """torch intra-op threads (None: leave torch's default)."""
+    graph: Literal["eager", "traced"] = "eager"
+    """How the model runs: ``eager`` (its Python modules: one Python call per operator, each
+    taking Python's GIL back) or ``traced`` (a TorchScript graph traced once at load: the
+    same operators and results, one call into C++ per batch). Traced matters where the
+    encoder shares a process with other busy threads (the fused topology's event loop):
+    eager, every operator waits for the GIL behind them."""
     cache_size: int = Field(10_000, ge=0)
     """Entries in the query-embedding LRU cache (0 disables it)."""
 
@@ -479,13 +485,19 @@ STAGE_SECTIONS: dict[StageRole, str] = {
 def with_layout(config: AppConfig, layout: Literal["split", "fused"]) -> AppConfig:
     """``config`` with ``topology.layout`` set: for ``fused`` the ranker stays apart when it
     is model-parallel (``tp > 1``), and the ingress replica gets the logical CPUs of the
-    stages that move into it (one replica of each at its ``num_cpus``)."""
+    stages that move into it (one replica of each at its ``num_cpus``); back to ``split``,
+    it gives them back."""
     topology = config.topology
     if layout == topology.layout:
         return config
     if layout == "split":
+        inside = [role for role in STAGE_SECTIONS if topology.in_ingress(role)]
+        cpus = config.ingress.num_cpus - sum(
+            getattr(config, STAGE_SECTIONS[role]).num_cpus for role in inside
+        )
         new_topology = topology.model_copy(update={"layout": "split", "apart": []})
-        return config.model_copy(update={"topology": new_topology})
+        ingress = config.ingress.model_copy(update={"num_cpus": round(max(cpus, 0.0), 3)})
+        return config.model_copy(update={"topology": new_topology, "ingress": ingress})
     apart: list[StageRole] = ["ranker"] if topology.tp > 1 else []
     new_topology = TopologyConfig.model_validate(
         {**topology.model_dump(), "layout": "fused", "apart": apart}

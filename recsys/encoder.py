@@ -8,8 +8,9 @@ attention mask followed by L2 normalisation, as the model was trained.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,9 +78,15 @@ class QueryEncoder:
             torch.set_num_threads(self.config.num_threads)
         path = model_path or default_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # a fast tokenizer is Rust state that a call may reconfigure (padding, truncation):
+        # two threads tokenizing at once can fail ("Already borrowed"); the model is safe
+        self._tokenizer_lock = threading.Lock()
         # fp32 weights whatever the checkpoint holds; _place casts for the GPU precisions
         model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.model = self._place(model)
+        self._forward: Callable[..., torch.Tensor] = self._eager
+        if self.config.graph == "traced":
+            self._forward = self._trace()
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         precision, device = self.placement.precision, self.placement.device
@@ -96,6 +103,33 @@ class QueryEncoder:
             model = model.to(torch.bfloat16)
         return model
 
+    def _eager(self, **tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(**tokens).last_hidden_state
+
+    def _trace(self) -> Callable[..., torch.Tensor]:
+        """The model as a TorchScript graph, traced on a padded sample batch (batch size and
+        sequence length stay free; the attention mask is always applied while tracing)."""
+        sample = self._tokens(["trace sample", "a longer sample query to trace with"], 8)
+        names = tuple(sample)
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes
+            graph = torch.jit.trace(
+                _LastHiddenState(self.model, names), tuple(sample.values()), check_trace=False
+            )
+
+        def forward(**tokens: torch.Tensor) -> torch.Tensor:
+            return graph(*(tokens[name] for name in names))
+
+        return forward
+
+    def _tokens(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        with self._tokenizer_lock:
+            tokens = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt",
+            )  # fmt: skip
+        return {k: v.to(self.placement.device) for k, v in tokens.items()}
+
     @property
     def dim(self) -> int:
         return EMBEDDING_DIM
@@ -104,13 +138,9 @@ class QueryEncoder:
         """Encode one batch of texts (any size; split by the caller for bulk work)."""
         if len(texts) == 0:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        limit = max_length or self.config.max_length
-        tokens = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
-        )
-        tokens = {k: v.to(self.placement.device) for k, v in tokens.items()}
+        tokens = self._tokens(texts, max_length or self.config.max_length)
         with torch.inference_mode():
-            hidden = self.model(**tokens).last_hidden_state
+            hidden = self._forward(**tokens)
             return mean_pool_normalise(hidden, tokens["attention_mask"])
 
     def encode_all(
@@ -137,6 +167,20 @@ class QueryEncoder:
                 idx = order[start : start + size]
                 out[idx] = self.encode([items[i] for i in idx], max_length=max_length)
                 bar.update(len(idx))
+        return out
+
+
+class _LastHiddenState(torch.nn.Module):
+    """The model's last hidden state from positional tensors, as ``torch.jit.trace`` takes
+    them (``names``: the tokenizer's output keys, in order)."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(**dict(zip(self.names, tensors, strict=True)))[0]
         return out
 
 

@@ -2,9 +2,18 @@
 
 The ingress already coalesces concurrent requests into groups (``recsys.coalesce``); with the
 stages in its own process each group is one batch per stage, with no hop between processes.
-The stage work is CPU-bound, so it runs in one worker thread of the replica
+The stage work is CPU-bound, so it runs in worker threads of the replica
 (``recsys.stages.run_in``): the event loop keeps accepting, and shedding, requests while torch
-computes, and torch / FAISS use the threads the replica's CPUs allow (``threads_for``).
+computes. One worker thread per group the ingress lets into the chain at once
+(``ingress.groups_in_flight``), at most one per core of the machine (``stage_workers``), so
+the groups in flight compute side by side instead of queueing behind one thread: torch and
+FAISS release the GIL while they compute. Each call uses the torch / FAISS threads the
+replica's CPUs allow (``threads_for``); the parallelism is across groups, not inside a call.
+
+Why not one thread: a replica reached directly (Serve's direct ingress: each ingress replica
+serves HTTP on a port of its own, and a client or load balancer that knows one port sends
+everything there) then computes on one core however many the machine has, and fails its
+latency objective with the other core idle.
 
 The model stack is imported here, when a replica loads its stages, never by the ingress
 module itself.
@@ -13,6 +22,7 @@ module itself.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +43,20 @@ from recsys.warmup import (
 def threads_for(num_cpus: float) -> int:
     """torch / FAISS threads for a replica with ``num_cpus`` logical CPUs (at least one)."""
     return max(1, math.floor(num_cpus))
+
+
+def machine_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def stage_workers(groups_in_flight: int, cores: int | None = None) -> int:
+    """Worker threads of a replica's in-process stages: one per group in flight, at most one
+    per core (more would only take turns on the same cores)."""
+    return max(1, min(groups_in_flight, machine_cores() if cores is None else cores))
 
 
 @dataclass
@@ -59,7 +83,10 @@ class FusedStages:
         threads = threads_for(config.ingress.num_cpus)
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stages")
+        executor = ThreadPoolExecutor(
+            max_workers=stage_workers(config.ingress.groups_in_flight),
+            thread_name_prefix="stages",
+        )
         runner = run_in(executor)
         stages = cls(executor=executor)
         if "encoder" in roles:
@@ -100,8 +127,8 @@ class FusedStages:
         ]
 
     def warm_up(self, artifact: Artifact, n_candidates: int, max_group: int) -> None:
-        """Each in-process stage at every group size it will see (``recsys.warmup``), on the
-        stages' own thread (torch's thread pools start there)."""
+        """Each in-process stage at every group size it will see (``recsys.warmup``), on one
+        of the stages' own threads (torch's thread pools start there)."""
         if self.executor is None:
             return
         self.executor.submit(self._warm_up, artifact, n_candidates, max_group).result()

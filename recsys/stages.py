@@ -166,7 +166,8 @@ async def run_inline(work: Callable[[], T]) -> T:
 
 def run_in(executor: Executor) -> Runner[Any]:
     """In ``executor``'s threads, so the event loop keeps accepting (and shedding) requests
-    while torch computes (the fused topology: one worker thread, stages one at a time)."""
+    while torch computes (the fused topology: one worker thread per group in flight, so the
+    stage objects must be safe to call from two threads at once)."""
 
     async def run(work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, work)

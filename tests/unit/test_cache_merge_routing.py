@@ -52,6 +52,22 @@ def test_cache_of_size_zero_stores_nothing() -> None:
     assert len(calls) == 2 and len(cache) == 0
 
 
+def test_cache_shared_by_threads_stays_bounded_and_counts_every_lookup() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = EmbeddingCache(capacity=8)
+
+    def work(seed: int) -> None:
+        for i in range(2000):
+            key = f"q{(seed * 7 + i) % 24}"
+            if cache.get(key) is None:
+                cache.put(key, np.full(2, i, np.float32))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    assert len(cache) == 8 and cache.lookups == 8000
+
+
 def test_normalise_query() -> None:
     assert normalise_query("  Grey   SOFA ") == "grey sofa"
 

@@ -72,5 +72,6 @@ def test_with_layout_moves_the_stages_cpus_into_the_ingress() -> None:
     assert with_layout(fused, "fused") is fused
     back = with_layout(fused, "split")
     assert back.topology == TopologyConfig() and config.topology.layout == "split"
+    assert back.ingress.num_cpus == 0.5
     gang = with_layout(config.model_copy(update={"topology": TopologyConfig(tp=2)}), "fused")
     assert gang.topology.apart == ["ranker"] and gang.ingress.num_cpus == 1.0

@@ -63,3 +63,24 @@ def test_fp16_on_gpu_matches_fp32(encoder: QueryEncoder) -> None:
     gpu = QueryEncoder(EncoderConfig(device="cuda", precision="fp16"))
     texts = ["grey sofa", "noise cancelling headphones"]
     assert np.all(np.sum(gpu.encode(texts) * encoder.encode(texts), axis=1) > 0.99)
+
+
+def test_traced_graph_answers_as_the_eager_model(encoder: QueryEncoder) -> None:
+    traced = QueryEncoder(EncoderConfig(num_threads=2, graph="traced"))
+    # padded and unpadded batches, one text, and one past the token limit
+    for texts in (
+        ["grey fabric sofa", "usb-c charger 65w fast charging for laptops"],
+        ["a"],
+        ["waterproof " * 200, "kids wooden puzzle"],
+    ):
+        assert np.allclose(traced.encode(texts), encoder.encode(texts), atol=1e-5)
+
+
+def test_two_threads_may_encode_at_once(encoder: QueryEncoder) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [[f"red leather handbag {i}", "desk lamp"] for i in range(16)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(encoder.encode, texts))
+    for batch, got in zip(texts, together, strict=True):
+        assert np.allclose(got, encoder.encode(batch), atol=1e-5)

@@ -10,7 +10,7 @@ from pathlib import Path
 from recsys.artifacts import Artifact
 from recsys.catalog import Catalog
 from recsys.config import AppConfig, IngressConfig, TopologyConfig
-from recsys.fused import FusedStages, threads_for
+from recsys.fused import FusedStages, stage_workers, threads_for
 from recsys.orchestrator import Answer, Job, Orchestrator
 from recsys.pipeline import Pipeline
 from recsys.request import prepare
@@ -20,6 +20,11 @@ from recsys.stages import StageSet
 
 def test_threads_follow_the_replicas_cpus() -> None:
     assert [threads_for(c) for c in (0.25, 1.0, 1.9, 4.0)] == [1, 1, 1, 4]
+
+
+def test_one_stage_thread_per_group_in_flight_at_most_one_per_core() -> None:
+    assert [stage_workers(g, cores=2) for g in (1, 2, 4, 256)] == [1, 2, 2, 2]
+    assert stage_workers(3, cores=8) == 3
 
 
 def test_only_the_stages_the_topology_puts_in_the_ingress_are_loaded(
