@@ -1,6 +1,8 @@
 """The two committed deployment profiles, as typed configs.
 
-* ``local``: one machine, CPU only, fractional CPUs per replica (the embedded default).
+* ``local``: one machine, CPU only (the embedded default): the stages inside the two ingress
+  replicas (``topology.layout: fused``); its stage sections are what each stage deployment
+  gets in the split topology (``recsys.config.with_layout(config, "split")``).
 * ``gpu``: GPU node pools (KubeRay, or the simulated cluster): encoder and retriever share
   one-GPU nodes, ranker replicas are gangs of ``tp`` GPUs on multi-GPU nodes.
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 from recsys.config import (
     AppConfig,
     AutoscalingConfig,
+    EncoderConfig,
     IngressConfig,
     StageConfig,
     TopologyConfig,
+    with_layout,
 )
 
 PROFILES = ("local", "gpu")
@@ -34,8 +38,11 @@ def local_profile() -> AppConfig:
             ),
         )
 
-    return AppConfig(
+    split = AppConfig(
         artifacts="artifacts/demo",
+        # a TorchScript graph: in the fused topology the encoder shares its process with the
+        # ingress's event loop, and eager PyTorch takes the GIL back after every operator
+        encoder=EncoderConfig(num_threads=1, graph="traced"),
         # two replicas of every stage: a killed one leaves the other answering (a down encoder
         # or retriever fails the answer; with one ranker, each request waited out the ranker's
         # deadline share until its replacement was up: results/chaos/report.md)
@@ -55,6 +62,10 @@ def local_profile() -> AppConfig:
             ),
         ),
     )
+    # On 2 cores the hops between stage deployments cost more CPU than batching across
+    # requests saves: the stages run inside the ingress replicas (no hop), batched across
+    # each replica's request groups, one stage thread per group in flight (recsys.fused)
+    return with_layout(split, "fused")
 
 
 SMALL_POOL = {"pool_gpu_small": 0.001}

@@ -4,8 +4,9 @@
 python scripts/serve_configs.py           # (re)write deployments/configs/*.yaml
 python scripts/serve_configs.py --check   # exit 1 if a committed file is stale
 
-One file per profile in its own topology, and ``local-fused.yaml``: the local profile with the
-stages inside the ingress replicas (``topology.layout: fused``, ``recsys.config.with_layout``).
+One file per profile in its own topology (``local``: the stages inside the ingress replicas,
+``topology.layout: fused``), and ``local-split.yaml``: the local profile with one deployment per
+stage (``recsys.config.with_layout``).
 """
 
 from __future__ import annotations
@@ -18,19 +19,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-CONFIGS = {"local": ("local", None), "gpu": ("gpu", None), "local-fused": ("local", "fused")}
+CONFIGS = {"local": ("local", None), "gpu": ("gpu", None), "local-split": ("local", "split")}
 """Config file name -> (profile, topology layout: None for the profile's own)."""
 
 
-def render(name: str) -> str:
+def app_config(name: str):  # type: ignore[no-untyped-def]
+    """The ``AppConfig`` the config file ``name`` runs."""
     from deployments.profiles import profile as get_profile
-    from deployments.serve_config import dump, serve_config
     from recsys.config import with_layout
 
     profile, layout = CONFIGS[name]
     app = get_profile(profile)
     if layout is not None:
         app = with_layout(app, layout)  # type: ignore[arg-type]
+    return app
+
+
+def render(name: str) -> str:
+    from deployments.serve_config import dump, serve_config
+
+    profile, layout = CONFIGS[name]
+    app = app_config(name)
     rel = f"deployments/configs/{name}.yaml"
     label = profile if layout is None else f"{profile}, topology {layout}"
     return dump(serve_config(app), label, rel)

@@ -129,7 +129,7 @@ def test_serve_deploy_then_serve_run_the_committed_config(
     ray_head: dict[str, int], tiny_artifact: Path, tmp_path: Path
 ) -> None:
     dashboard = f"http://127.0.0.1:{ray_head['dashboard']}"
-    cfg = config_file(tmp_path, tiny_artifact, ray_head["http"])
+    cfg = config_file(tmp_path, tiny_artifact, ray_head["http"], "local-split")
 
     out = cli("serve", "deploy", str(cfg), "--address", dashboard)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -151,10 +151,10 @@ def test_serve_deploy_then_serve_run_the_committed_config(
 def test_serve_deploy_the_fused_config(
     ray_head: dict[str, int], tiny_artifact: Path, tmp_path: Path
 ) -> None:
-    """The committed fused config (``local-fused.yaml``): one deployment, the ingress, whose
+    """The committed local config (``local.yaml``, fused): one deployment, the ingress, whose
     replicas run the stages; ready and answering like the split app."""
     dashboard = f"http://127.0.0.1:{ray_head['dashboard']}"
-    fused = config_file(tmp_path, tiny_artifact, ray_head["http"], "local-fused")
+    fused = config_file(tmp_path, tiny_artifact, ray_head["http"], "local")
     out = cli("serve", "deploy", str(fused), "--address", dashboard)
     assert out.returncode == 0, out.stderr[-2000:]
     assert set(wait_healthy(dashboard)["deployments"]) == {"Ingress"}

@@ -16,12 +16,13 @@ from deployments.serve_config import (
     app_config_from_serve_config,
     serve_config,
 )
-from scripts.serve_configs import render
+from recsys.config import with_layout
+from scripts.serve_configs import app_config, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("profile", ["local", "gpu", "local-fused"])
+@pytest.mark.parametrize("profile", ["local", "gpu", "local-split"])
 def test_committed_config_is_current(profile: str) -> None:
     path = ROOT / "deployments" / "configs" / f"{profile}.yaml"
     assert path.read_text() == render(profile), (
@@ -29,7 +30,7 @@ def test_committed_config_is_current(profile: str) -> None:
     )
 
 
-@pytest.mark.parametrize("profile", ["local", "gpu"])
+@pytest.mark.parametrize("profile", ["local-split", "gpu"])
 def test_config_parses_as_serve_schema_with_typed_args(profile: str) -> None:
     data = yaml.safe_load((ROOT / "deployments" / "configs" / f"{profile}.yaml").read_text())
     schema = ServeDeploySchema.model_validate(data)
@@ -67,7 +68,7 @@ def setting_paths(tree: Any, prefix: tuple[str, ...] = ()) -> set[str]:
     return paths
 
 
-@pytest.mark.parametrize("profile", ["local", "gpu"])
+@pytest.mark.parametrize("profile", ["local-split", "gpu"])
 def test_no_setting_is_written_twice(profile: str) -> None:
     """Serve reads a deployment's options from ``deployments:`` over the builder's: the same
     setting under ``args`` too would be one that silently does nothing when edited."""
@@ -92,13 +93,13 @@ def test_the_twice_check_sees_a_setting_in_both_places() -> None:
     assert setting_paths(options) & setting_paths(args) == {"num_cpus", "autoscaling.max_replicas"}
 
 
-@pytest.mark.parametrize("profile", ["local", "gpu"])
+@pytest.mark.parametrize("profile", ["local-split", "gpu"])
 def test_config_reads_back_as_the_profile(profile: str) -> None:
     """``args`` plus the deployments' options are the whole app: read back, it rebuilds the file."""
     data = yaml.safe_load((ROOT / "deployments" / "configs" / f"{profile}.yaml").read_text())
     app = app_config_from_serve_config(data)
     assert serve_config(app) == data
-    expected = get_profile(profile)
+    expected = app_config(profile)
     for section in DEPLOYMENT_SECTIONS.values():
         for field in ("num_cpus", "max_queued_requests", "autoscaling"):
             assert getattr(getattr(app, section), field) == getattr(
@@ -107,7 +108,7 @@ def test_config_reads_back_as_the_profile(profile: str) -> None:
 
 
 def test_editing_a_deployment_option_changes_the_app() -> None:
-    data = serve_config(get_profile("local"))
+    data = serve_config(with_layout(get_profile("local"), "split"))
     (encoder,) = [d for d in data["applications"][0]["deployments"] if d["name"] == "QueryEncoder"]
     encoder["autoscaling_config"]["max_replicas"] = 5
     encoder["ray_actor_options"]["num_cpus"] = 0.5
@@ -116,20 +117,20 @@ def test_editing_a_deployment_option_changes_the_app() -> None:
     assert app.query_encoder.num_cpus == 0.5
 
 
-def test_the_fused_config_deploys_only_the_ingress_with_the_stages_cpus() -> None:
-    data = yaml.safe_load((ROOT / "deployments" / "configs" / "local-fused.yaml").read_text())
+def test_the_local_config_is_fused_and_deploys_only_the_ingress_with_the_stages_cpus() -> None:
+    data = yaml.safe_load((ROOT / "deployments" / "configs" / "local.yaml").read_text())
     ServeDeploySchema.model_validate(data)
     (app,) = data["applications"]
     assert [d["name"] for d in app["deployments"]] == ["Ingress"]
     assert app["args"]["topology"] == {"layout": "fused"}
     config = app_config_from_serve_config(data)
-    local = get_profile("local")
-    assert config.topology.in_ingress("ranker")
-    stages = local.query_encoder.num_cpus + local.retriever.num_cpus + local.ranker.num_cpus
-    assert config.ingress.num_cpus == pytest.approx(local.ingress.num_cpus + stages)
+    split = app_config("local-split")
+    assert config.topology.in_ingress("ranker") and split.topology.layout == "split"
+    stages = split.query_encoder.num_cpus + split.retriever.num_cpus + split.ranker.num_cpus
+    assert config.ingress.num_cpus == pytest.approx(split.ingress.num_cpus + stages)
     assert serve_config(config) == data  # reads back as itself
     # each replica batches a whole ingress group per stage, as the split stages do
-    assert config.ingress.group_max_size == local.ingress.group_max_size
+    assert config.ingress.group_max_size == split.ingress.group_max_size
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,7 @@ def test_each_serve_owned_field_is_a_serve_option(field: str, value: Any) -> Non
     """Changing one of :data:`SERVE_OPTIONS` changes the retriever's deployment options and
     nothing under ``args``."""
     assert field in SERVE_OPTIONS
-    base = get_profile("local")
+    base = app_config("local-split")
     changed = base.model_copy(
         update={
             "retriever": base.retriever.model_validate(
