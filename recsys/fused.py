@@ -7,7 +7,9 @@ The stage work is CPU-bound, so it runs in worker threads of the replica
 computes. One worker thread per group the ingress lets into the chain at once
 (``ingress.groups_in_flight``), at most one per core of the machine (``stage_workers``), so
 the groups in flight compute side by side instead of queueing behind one thread: torch and
-FAISS release the GIL while they compute. Each call uses the torch / FAISS threads the
+FAISS release the GIL while they compute (the encoder best as a TorchScript graph,
+``encoder.graph: traced``: eager, it takes the GIL back after every operator, and waits for
+it behind the event loop and the other stage thread). Each call uses the torch / FAISS threads the
 replica's CPUs allow (``threads_for``); the parallelism is across groups, not inside a call.
 
 Why not one thread: a replica reached directly (Serve's direct ingress: each ingress replica
