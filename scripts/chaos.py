@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Chaos under steady open-loop load: kill replicas, overload, roll out; count every request.
 
-One local Ray instance, the local profile app (``deployments.profiles.local_profile``) on the
-given artifact, and for each scenario one open-loop run of ``recsys.traffic`` at the
-sustained rate, with the fault injected part-way through:
+One local Ray instance, the local profile app (``deployments.profiles.local_profile``) in the
+split topology (one deployment per stage: the stage kills and the ranker gang need stage
+deployments; the profile's own default is fused) on the given artifact, and for each
+scenario one open-loop run of ``recsys.traffic`` at the sustained rate, with the fault
+injected part-way through:
 
 * ``kill_encoder``, ``kill_retriever``, ``kill_ranker``, ``kill_ingress``: the stage's (only)
   replica actor is killed (``ray.kill``); Serve replaces it.
@@ -357,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from deployments.profiles import local_profile
     from deployments.serve_main import apply_local_serve_env, direct_ingress_port
+    from recsys.config import with_layout
 
-    config = local_profile()
+    config = with_layout(local_profile(), "split")  # stage deployments to kill
     config.artifacts = args.artifacts
     apply_local_serve_env(config)  # the front door's in-flight limit from this config
     import ray
