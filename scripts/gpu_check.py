@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,7 @@ from recsys.encoder import QueryEncoder  # noqa: E402
 from recsys.ranker.model import RankerSpec  # noqa: E402
 from recsys.ranker.weights import load_model  # noqa: E402
 
+Graph = Literal["eager", "traced"]
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -109,16 +110,21 @@ def check_encoder(
     run: Run, assets: Path, queries: list[str], items: list[str]
 ) -> dict[str, dict[str, np.ndarray]]:
     """Online query batches and bulk catalog embedding; returns the embeddings per setting."""
-    settings = [(run.device, p) for p in run.precisions]
+    settings: list[tuple[str, str, Graph]] = [(run.device, p, "eager") for p in run.precisions]
+    # the TorchScript graph (EncoderConfig.graph): fewer Python steps per operator
+    settings.append((run.device, "fp32", "traced"))
     if run.device != "cpu":
-        settings.append(("cpu", "fp32"))
+        settings += [(run.device, "fp16", "traced"), ("cpu", "fp32", "eager")]
     n_bulk_gpu = 5_000 if run.quick else len(items)
     embeddings: dict[str, dict[str, np.ndarray]] = {}
-    for device, precision in settings:
+    for device, precision, graph in settings:
         label = f"{'gpu' if device != 'cpu' else 'cpu'}-{precision}"
+        label += "-traced" if graph == "traced" else ""
         print(f"encoder {label}", flush=True)
         enc = QueryEncoder(
-            EncoderConfig(device=device, precision=precision, cache_size=0, batch_size=256),
+            EncoderConfig(
+                device=device, precision=precision, graph=graph, cache_size=0, batch_size=256
+            ),
             model_path=assets / "minilm",
         )
         for batch in (1, 8, 32, 128):
