@@ -83,8 +83,8 @@ class EncoderConfig(StrictModel):
     """Where the model runs; ``auto`` picks CUDA when torch sees a GPU."""
     precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = "auto"
     """Weights/activations: ``int8`` (dynamic quantisation) only on CPU, ``fp16``/``bf16`` only on
-    GPU; ``auto`` means fp32 (on an H200, fp16/bf16 were no faster for query batches up to 128
-    and for catalog embedding, and changed 1.4% / 3% of a query's top 10: results/gpu)."""
+    GPU; ``auto`` means fp32 (on an H200 fp16 was no faster in one of two runs, about 1.5x at
+    8-128 queries in the other, and changed 1.4% of a query's top 10, bf16 3%: results/gpu)."""
     num_threads: int | None = Field(None, ge=1)
     """torch intra-op threads (None: leave torch's default)."""
     graph: Literal["eager", "traced"] = "eager"

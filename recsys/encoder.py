@@ -53,8 +53,8 @@ def resolve_placement(config: EncoderConfig) -> ResolvedPlacement:
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
     precision = config.precision
     if precision == "auto":
-        # fp32 on the GPU too: at serving batch sizes MiniLM-L6 is launch-bound there, so fp16
-        # and bf16 are no faster and move 1-3% of each query's top 10 (results/gpu/report.md)
+        # fp32 on the GPU too: at serving batch sizes MiniLM-L6 is host-bound there, so fp16
+        # gains little or nothing and moves 1.4% of each query's top 10 (results/gpu/report.md)
         precision = "fp32"
     if precision == "int8" and device != "cpu":
         raise ValueError("encoder.precision 'int8' (dynamic quantisation) runs on CPU only")
