@@ -8,6 +8,7 @@ per stage gives the phases of its cold start, and one line the app's (Ray start,
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -143,20 +144,44 @@ def load_app_config(
     tp: int | None,
     topology: Literal["split", "fused"] | None = None,
 ) -> AppConfig:
-    """The app to serve: the file's (or the default) config with the command line's
-    overrides; ``topology`` sets the layout (``recsys.config.with_layout``)."""
-    config = AppConfig.from_file(config_path) if config_path else AppConfig()
+    """The app to serve: the file's config, or without one the local profile
+    (``deployments.profiles.local_profile``: what the benchmark and the chaos drills measure),
+    with the command line's overrides; ``topology`` sets the layout
+    (``recsys.config.with_layout``)."""
+    from deployments.profiles import local_profile
+
+    config = AppConfig.from_file(config_path) if config_path else local_profile()
     if artifacts is not None:
         config = config.model_copy(update={"artifacts": artifacts})
     if tp is not None:
-        data = config.model_dump()
+        # through the split layout, so that a model-parallel ranker leaves a fused ingress
+        # with its CPUs (with_layout keeps the ranker apart when tp > 1)
+        layout = config.topology.layout
+        data = with_layout(config, "split").model_dump()
         data["topology"]["tp"] = tp
-        if tp > 1 and data["topology"]["layout"] == "fused":
-            data["topology"]["apart"] = sorted({*data["topology"]["apart"], "ranker"})
-        config = AppConfig.model_validate(data)
+        config = with_layout(AppConfig.model_validate(data), layout)
     if topology is not None:
         config = with_layout(config, topology)
     return config
+
+
+def logical_cpus(config: AppConfig) -> float:
+    """Logical CPUs the app's deployments ask for at their most replicas (a ranker replica
+    once per rank and per A/B variant), plus one more of the largest replica for a rollout's
+    surge: what the local Ray instance must offer so that every replica can be placed."""
+    topology = config.topology
+    replicas = [(config.ingress.num_cpus, config.ingress.autoscaling.max_replicas)]
+    if not topology.in_ingress("encoder"):
+        stage = config.query_encoder
+        replicas.append((stage.num_cpus, stage.autoscaling.max_replicas))
+    if not topology.in_ingress("retriever"):
+        stage = config.retriever
+        replicas.append((stage.num_cpus, stage.autoscaling.max_replicas))
+    if not topology.in_ingress("ranker"):
+        stage = config.ranker
+        count = stage.autoscaling.max_replicas * len(config.routing.variants)
+        replicas.append((stage.num_cpus * topology.tp, count))
+    return sum(cpus * n for cpus, n in replicas) + max(cpus for cpus, _ in replicas)
 
 
 def serve_foreground(
@@ -184,7 +209,10 @@ def serve_foreground(
         print(f"\n[recsys] {signal.Signals(signum).name}: shutting down...", flush=True)
         stop.set()
 
-    cpus = num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2)
+    # logical CPUs (scheduling only): at least the machine's, and enough to place every replica
+    cpus = num_cpus
+    if cpus is None:
+        cpus = max(2, os.cpu_count() or 2, math.ceil(logical_cpus(config)))
     app_phases: dict[str, float] = {}
     started = time.perf_counter()
     # address="local": always a new instance, never one found through /tmp/ray or RAY_ADDRESS

@@ -101,7 +101,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", default=None, help=f"artifact URI (default {DEFAULT_ARTIFACTS})")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
-    p.add_argument("--config", type=Path, default=None, help="AppConfig YAML (typed app args)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="AppConfig YAML (typed app args); default: the local profile "
+        "(deployments/profiles.py: two fused ingress replicas, what the benchmark measures)",
+    )
     p.add_argument("--tp", type=int, default=None, help="ranks per ranker replica (model parallel)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs for the local Ray instance")
     p.add_argument(
@@ -110,7 +116,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="which stages share a deployment: split (one deployment per stage) or fused (the "
         "stages inside the ingress replicas; a model-parallel ranker stays apart); default: "
-        "the config's (split)",
+        "the config's (without --config, the local profile's: fused)",
     )
 
 

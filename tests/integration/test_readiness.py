@@ -114,13 +114,14 @@ def send(client: httpx.Client, i: int) -> httpx.Response:
 def test_first_requests_after_the_banner_are_answered_in_time(
     tp: int, tiny_artifact: Path, serve_process: list[ServeProcess]
 ) -> None:
-    """The default app (1 s deadline) with and without a model-parallel ranker: a search
+    """The split topology (1 s deadline) with and without a model-parallel ranker: a search
     sent as soon as ``/healthz`` first answers, and the 50 requests sent right after the
     banner, all get a ranked 200 (a stage still starting or cold would give a 503 or a
     degraded answer)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = ServeProcess(["--artifacts", str(tiny_artifact), "--port", str(port), "--tp", str(tp)])
+    args = ["--artifacts", str(tiny_artifact), "--port", str(port), "--tp", str(tp)]
+    proc = ServeProcess([*args, "--topology", "split"])
     serve_process.append(proc)
     stop = threading.Event()
     first: list[httpx.Response] = []
@@ -162,12 +163,13 @@ def test_first_requests_after_the_banner_are_answered_in_time(
 def test_fused_topology_is_warm_when_the_banner_shows(
     tiny_artifact: Path, serve_process: list[ServeProcess]
 ) -> None:
-    """``recsys serve --topology fused``: the stages inside the ingress replica warm up before
-    it takes traffic too; the 50 requests right after the banner all get a ranked 200 within
-    the default 1 s deadline, and ``/readyz`` reports the ingress with its in-process stages."""
+    """``recsys serve`` with no config serves the local profile, fused: the stages inside the
+    ingress replicas warm up before they take traffic too; the 50 requests right after the
+    banner all get a ranked 200 within the default 1 s deadline, and ``/readyz`` reports the
+    ingress with its in-process stages."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = ["--artifacts", str(tiny_artifact), "--port", str(port), "--topology", "fused"]
+    args = ["--artifacts", str(tiny_artifact), "--port", str(port)]
     proc = ServeProcess(args)
     serve_process.append(proc)
     proc.wait_banner(timeout_s=480)
