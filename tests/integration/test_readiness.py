@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.config import AutoscalingConfig, IngressConfig, RoutingConfig
+from recsys.config import AdmissionConfig, AutoscalingConfig, IngressConfig, RoutingConfig
 from tests.integration.conftest import ServeApp, app_config, free_port, small_stage
 
 pytestmark = pytest.mark.slow
@@ -222,7 +222,13 @@ def test_replica_added_by_autoscaling_is_warm_before_its_first_request(
     config = app_config(
         tiny_artifact,
         routing=RoutingConfig(deadline_ms=1_000),
-        ingress=IngressConfig(group_max_size=1, groups_in_flight=64),
+        # no brownout (as in app_config): what is under test is warmth, and a loaded machine
+        # can queue a request past brownout_queue_ms while the new replica starts
+        ingress=IngressConfig(
+            group_max_size=1,
+            groups_in_flight=64,
+            admission=AdmissionConfig(brownout_queue_ms=None),
+        ),
         ranker=small_stage(
             autoscaling=AutoscalingConfig(
                 min_replicas=1,
