@@ -62,6 +62,17 @@ class Run:
     def iters(self, n: int) -> int:
         return max(5, n // 10) if self.quick else n
 
+    def settings(self) -> list[tuple[str, str]]:
+        """(device, precision) pairs: every precision on the run's device, then the same
+        machine's CPU in fp32 when the run's device is a GPU."""
+        pairs = [(self.device, p) for p in self.precisions]
+        return pairs + ([("cpu", "fp32")] if self.device != "cpu" else [])
+
+
+def label(device: str, precision: str) -> str:
+    """A setting's name in the rows and the report: ``gpu-fp16``, ``cpu-fp32``..."""
+    return f"{'gpu' if device != 'cpu' else 'cpu'}-{precision}"
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -118,9 +129,8 @@ def check_encoder(
     n_bulk_gpu = 5_000 if run.quick else len(items)
     embeddings: dict[str, dict[str, np.ndarray]] = {}
     for device, precision, graph in settings:
-        label = f"{'gpu' if device != 'cpu' else 'cpu'}-{precision}"
-        label += "-traced" if graph == "traced" else ""
-        print(f"encoder {label}", flush=True)
+        name = label(device, precision) + ("-traced" if graph == "traced" else "")
+        print(f"encoder {name}", flush=True)
         enc = QueryEncoder(
             EncoderConfig(
                 device=device, precision=precision, graph=graph, cache_size=0, batch_size=256
@@ -139,19 +149,19 @@ def check_encoder(
             run.add(
                 stage="encoder",
                 test="query_batch",
-                setting=label,
+                setting=name,
                 batch=batch,
                 **latency_row(ms, batch),
             )
         n_bulk = n_bulk_gpu if device != "cpu" else min(2_000, n_bulk_gpu)
         t0 = time.perf_counter()
-        item_emb = enc.encode_all(items[:n_bulk], desc=f"catalog {label}")
+        item_emb = enc.encode_all(items[:n_bulk], desc=f"catalog {name}")
         sync(device)
         seconds = time.perf_counter() - t0
         run.add(
             stage="encoder",
             test="catalog_bulk",
-            setting=label,
+            setting=name,
             batch=256,
             n=n_bulk,
             seconds=seconds,
@@ -160,7 +170,7 @@ def check_encoder(
         query_emb = np.concatenate(
             [enc.encode(queries[i : i + 256]) for i in range(0, len(queries), 256)]
         )
-        embeddings[label] = {"queries": query_emb, "items": item_emb}
+        embeddings[name] = {"queries": query_emb, "items": item_emb}
         del enc
         if device != "cpu":
             torch.cuda.empty_cache()
@@ -169,12 +179,12 @@ def check_encoder(
 
 def check_encoder_agreement(run: Run, embeddings: dict[str, dict[str, np.ndarray]], k: int) -> None:
     """Lower precisions against fp32 on the same device: cosine, and the retrieved top-k."""
-    ref_label = f"{'gpu' if run.device != 'cpu' else 'cpu'}-fp32"
+    ref_label = label(run.device, "fp32")
     ref = embeddings[ref_label]
     n = len(ref["items"])
     ref_top = topk(torch.from_numpy(ref["queries"]), torch.from_numpy(ref["items"]), k)
-    for label, emb in embeddings.items():
-        if label == ref_label:
+    for name, emb in embeddings.items():
+        if name == ref_label:
             continue
         m = min(n, len(emb["items"]))
         q_cos = (emb["queries"] * ref["queries"]).sum(1)
@@ -188,7 +198,7 @@ def check_encoder_agreement(run: Run, embeddings: dict[str, dict[str, np.ndarray
         run.add(
             stage="encoder",
             test="agreement_vs_fp32",
-            setting=label,
+            setting=name,
             n=m,
             k=k,
             query_cos_mean=float(q_cos.mean()),
@@ -211,9 +221,7 @@ def check_retrieval(run: Run, catalog: np.ndarray, queries: np.ndarray, k: int) 
         if not run.quick
         else []
     )
-    settings = [(run.device, p) for p in run.precisions]
-    if run.device != "cpu":
-        settings.append(("cpu", "fp32"))
+    settings = run.settings()
     for source, n in sizes:
         if source == "catalog":
             corpus_np = catalog
@@ -224,7 +232,7 @@ def check_retrieval(run: Run, catalog: np.ndarray, queries: np.ndarray, k: int) 
         for device, precision in settings:
             if device == "cpu" and n > 1_000_000:
                 continue
-            label = f"{'gpu' if device != 'cpu' else 'cpu'}-{precision}"
+            name = label(device, precision)
             dtype = TORCH_DTYPES[precision]
             corpus = torch.from_numpy(corpus_np).to(device, dtype)
             for batch in (1, 32, 256):
@@ -244,7 +252,7 @@ def check_retrieval(run: Run, catalog: np.ndarray, queries: np.ndarray, k: int) 
                 run.add(
                     stage="retrieval",
                     test="exact_topk",
-                    setting=label,
+                    setting=name,
                     source=source,
                     n=n,
                     k=k,
@@ -261,7 +269,7 @@ def check_retrieval(run: Run, catalog: np.ndarray, queries: np.ndarray, k: int) 
                 run.add(
                     stage="retrieval",
                     test="agreement_vs_fp32",
-                    setting=label,
+                    setting=name,
                     source=source,
                     n=n,
                     k=k,
@@ -290,13 +298,11 @@ def check_ranker(run: Run, assets: Path, list_len: int) -> None:
     spec = RankerSpec(**json.loads((assets / "ranker" / "ranker.json").read_text())["spec"])
     lists = 64
     check_sparse, check_dense = ranker_inputs(spec, lists * list_len, seed=1)
-    settings = [(run.device, p) for p in run.precisions]
-    if run.device != "cpu":
-        settings.append(("cpu", "fp32"))
+    settings = run.settings()
     reference: np.ndarray | None = None
     for device, precision in settings:
-        label = f"{'gpu' if device != 'cpu' else 'cpu'}-{precision}"
-        print(f"ranker {label}", flush=True)
+        name = label(device, precision)
+        print(f"ranker {name}", flush=True)
         model = load_model(weights, spec, device=device).to(TORCH_DTYPES[precision]).eval()
 
         def forward(
@@ -312,20 +318,20 @@ def check_ranker(run: Run, assets: Path, list_len: int) -> None:
             iters = run.iters(300 if device != "cpu" else 30)
             ms = timings(lambda s=sparse, d=dense: forward(s, d), device, iters)
             run.add(
-                stage="ranker", test="forward", setting=label, batch=rows, **latency_row(ms, rows)
+                stage="ranker", test="forward", setting=name, batch=rows, **latency_row(ms, rows)
             )
         scores = forward(check_sparse, check_dense).reshape(lists, list_len)
         if precision == "fp32" and device == run.device:
             reference = scores
         elif reference is not None:
-            add_ranker_agreement(run, label, scores, reference)
+            add_ranker_agreement(run, name, scores, reference)
         del model
     if run.device != "cpu":
         check_gang(run, weights, spec, check_sparse, check_dense, reference, list_len)
 
 
 def add_ranker_agreement(
-    run: Run, label: str, scores: np.ndarray, reference: np.ndarray, test: str = "agreement_vs_fp32"
+    run: Run, name: str, scores: np.ndarray, reference: np.ndarray, test: str = "agreement_vs_fp32"
 ) -> None:
     top = torch.from_numpy(np.argsort(-scores, axis=1)[:, :10].copy())
     ref = torch.from_numpy(np.argsort(-reference, axis=1)[:, :10].copy())
@@ -333,7 +339,7 @@ def add_ranker_agreement(
     run.add(
         stage="ranker",
         test=test,
-        setting=label,
+        setting=name,
         batch=scores.size,
         top10_overlap=overlap(top, ref),
         rel_l2_error=rel,
@@ -355,15 +361,15 @@ def check_gang(
     from recsys.ranker.sharding import plan_sharding
 
     for precision in ("fp32", "bf16"):
-        label = f"gpu-{precision}-gang-tp1"
-        print(f"ranker {label}", flush=True)
+        name = f"gpu-{precision}-gang-tp1"
+        print(f"ranker {name}", flush=True)
         try:
             gang = local_gang(weights, plan_sharding(spec, 1, precision), device="cuda:0")
         except Exception as exc:  # report, do not hide: the row says what failed
             run.add(
                 stage="ranker",
                 test="gang_start",
-                setting=label,
+                setting=name,
                 error=f"{type(exc).__name__}: {exc}",
             )
             continue
@@ -376,13 +382,13 @@ def check_gang(
                 run.add(
                     stage="ranker",
                     test="forward",
-                    setting=label,
+                    setting=name,
                     batch=rows,
                     **latency_row(ms, rows),
                 )
             if reference is not None:
                 scores = gang.forward(check_sparse, check_dense).reshape(reference.shape)
-                add_ranker_agreement(run, label, scores, reference)
+                add_ranker_agreement(run, name, scores, reference)
         finally:
             gang.close()
 
@@ -604,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
 
     embeddings = check_encoder(run, args.assets, queries, items)
     check_encoder_agreement(run, embeddings, args.k)
-    ref = embeddings[f"{'gpu' if device != 'cpu' else 'cpu'}-fp32"]
+    ref = embeddings[label(device, "fp32")]
     check_retrieval(run, ref["items"], ref["queries"], args.k)
     check_ranker(run, args.assets, list_len=200)
 
