@@ -70,27 +70,46 @@ def direct_ingress_enabled(env: Mapping[str, str]) -> bool:
     return env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS", default) in truthy
 
 
-def direct_ingress_port(app_name: str, proxy_port: int, timeout_s: float = 60.0) -> int | None:
-    """The HTTP port of the app's ingress replica when direct ingress is on (None when off), from
-    the Serve controller's target groups (what Serve's own HAProxy mode reads; a private API
-    in Ray 2.60). Call it in the process that started Serve, once the app is running; the
-    proxy (on ``proxy_port``) is listed while no ingress replica runs, and skipped."""
+def direct_ingress_ports(
+    app_name: str, proxy_port: int, timeout_s: float = 60.0, min_count: int = 1
+) -> list[int]:
+    """The HTTP ports of the app's ingress replicas when direct ingress is on (one per
+    replica, sorted; empty when off), from the Serve controller's target groups (what Serve's
+    own HAProxy mode reads; a private API in Ray 2.60). Waits until at least ``min_count``
+    replicas are listed. Call it in the process that started Serve, once the app is running;
+    the proxy (on ``proxy_port``) is listed while no ingress replica runs, and skipped."""
     import ray
     from ray.serve.context import _get_global_client
 
     if not direct_ingress_enabled(os.environ):
-        return None
+        return []
     controller = _get_global_client()._controller
     deadline = time.monotonic() + timeout_s
+    ports: list[int] = []
     while time.monotonic() < deadline:
         groups = ray.get(controller.get_target_groups.remote(app_name=app_name))
-        for group in groups:
-            if str(group.protocol).upper().endswith("HTTP") and group.targets:
-                port = group.targets[0].port
-                if port != proxy_port:
-                    return int(port)
+        ports = sorted(
+            {
+                int(target.port)
+                for group in groups
+                if str(group.protocol).upper().endswith("HTTP")
+                for target in group.targets
+                if target.port != proxy_port
+            }
+        )
+        if len(ports) >= max(1, min_count):
+            return ports
         time.sleep(0.5)
-    raise RuntimeError(f"direct ingress is on but app {app_name!r} has no HTTP target")
+    raise RuntimeError(
+        f"direct ingress is on but app {app_name!r} lists {len(ports)} HTTP targets "
+        f"(waited for {max(1, min_count)})"
+    )
+
+
+def direct_ingress_port(app_name: str, proxy_port: int, timeout_s: float = 60.0) -> int | None:
+    """The first of :func:`direct_ingress_ports` (None when direct ingress is off)."""
+    ports = direct_ingress_ports(app_name, proxy_port, timeout_s)
+    return ports[0] if ports else None
 
 
 def wait_ready(base: str, timeout_s: float = 600.0) -> dict:
@@ -229,8 +248,11 @@ def serve_foreground(
         app_phases["deploy"] = time.perf_counter() - started
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{shown}:{port}"
-        direct_port = direct_ingress_port("recsys", port)
-        direct = f"http://{shown}:{direct_port}" if direct_port else None
+        ingress = config.ingress.autoscaling
+        direct_ports = direct_ingress_ports(
+            "recsys", port, min_count=ingress.initial_replicas or ingress.min_replicas
+        )
+        direct = ", ".join(f"http://{shown}:{p}" for p in direct_ports) or None
         started = time.perf_counter()
         ready = wait_ready(base)
         app_phases["ready_check"] = time.perf_counter() - started
@@ -241,8 +263,9 @@ def serve_foreground(
             f"topology {config.topology.layout}\n"
             + (
                 f"[recsys] the same API without the proxy hop (direct ingress, fastest): {direct}\n"
-                "[recsys]   (the ingress replica's own port: it changes when Serve replaces the "
-                f"replica, after a crash or a rollout; {base} follows the ingress)\n"
+                "[recsys]   (each ingress replica's own port, to balance over as a load "
+                "balancer would; a port changes when Serve replaces its replica, after a "
+                f"crash or a rollout; {base} follows the ingress)\n"
                 if direct
                 else ""
             )

@@ -348,7 +348,7 @@ def host_main(argv: list[str]) -> int:
     """Start a Ray instance, deploy one app, write the ready file, serve until SIGTERM."""
     import threading
 
-    from deployments.serve_main import apply_local_serve_env, direct_ingress_port
+    from deployments.serve_main import apply_local_serve_env, direct_ingress_ports
     from recsys.bench.config import HostSpec
 
     p = argparse.ArgumentParser(prog="python scripts/bench.py host")
@@ -388,13 +388,18 @@ def host_main(argv: list[str]) -> int:
                 )
             )
         serve.run(application, name="recsys", route_prefix="/", blocking=False)
-        direct_port = direct_ingress_port("recsys", spec.port)
-        direct = f"http://127.0.0.1:{direct_port}" if direct_port else None
+        # every ingress replica's own port: the load generator balances over them, as a
+        # Kubernetes Service does over ingress pods (the monolith has one replica)
+        replicas = spec.app.ingress.autoscaling
+        expected = replicas.initial_replicas or replicas.min_replicas if spec.kind == "serve" else 1
+        ports = direct_ingress_ports("recsys", spec.port, min_count=expected)
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
         from ray.serve._private import constants
 
         info = {
-            "url": direct or f"http://127.0.0.1:{spec.port}",
-            "direct_ingress": direct is not None,
+            "url": urls[0] if urls else f"http://127.0.0.1:{spec.port}",
+            "urls": urls or [f"http://127.0.0.1:{spec.port}"],
+            "direct_ingress": bool(urls),
             "grpc_between_replicas": bool(constants.RAY_SERVE_USE_GRPC_BY_DEFAULT),
             "throughput_optimized": bool(constants.RAY_SERVE_THROUGHPUT_OPTIMIZED),
             "include_dashboard": spec.include_dashboard,

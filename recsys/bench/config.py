@@ -256,7 +256,8 @@ class HostSpec(StrictModel):
     port: int = Field(ge=1, le=65535)
     """Serve's HTTP proxy port on 127.0.0.1."""
     ready_file: str
-    """Where the host writes ``{"url": ...}`` once the app answers."""
+    """Where the host writes ``{"url": ..., "urls": [...]}`` once the app answers (``urls``:
+    each ingress replica's own port under direct ingress)."""
 
 
 # ---- presets ---------------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 A server is any command that serves the HTTP API: the naive uvicorn app, or a host that
 starts a Ray instance and deploys a Serve app. A host that only knows its URL once it is up
-(Serve's direct ingress picks a port) writes a *ready file*, JSON with ``url``; otherwise the
-URL is known in advance. Stopping sends SIGTERM to the server's own pid and waits (a Ray
-host then calls ``serve.shutdown()`` and ``ray.shutdown()``); if it does not exit in time it
-gets SIGKILL, and so does every process of its tree that is still alive (processes this
-benchmark started; nothing is killed by name).
+(Serve's direct ingress picks a port) writes a *ready file*, JSON with ``url`` (and ``urls``,
+one per ingress replica); otherwise the URL is known in advance. Stopping sends SIGTERM to
+the server's own pid and waits (a Ray host then calls ``serve.shutdown()`` and
+``ray.shutdown()``); if it does not exit in time it gets SIGKILL, and so does every process
+of its tree that is still alive (processes this benchmark started; nothing is killed by
+name).
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ class ServerProcess:
     """What the host reported in its ready file (URL, Ray settings ...)."""
     known: dict[int, ProcessSample] = field(default_factory=dict)
     """Every process seen in its tree (for the last-resort cleanup)."""
+
+    @property
+    def urls(self) -> list[str]:
+        """Every base URL of the server: its replicas' own ports when the host listed them
+        (``urls`` in the ready file: Serve's direct ingress gives each ingress replica one),
+        else ``base_url``."""
+        listed = self.info.get("urls")
+        if isinstance(listed, list) and listed:
+            return [str(url).rstrip("/") for url in listed]
+        return [self.base_url]
 
     @property
     def pid(self) -> int:
@@ -125,7 +136,7 @@ def start_server(
                 with contextlib.suppress(ValueError, OSError):
                     server.info = json.loads(ready_file.read_text())
                     server.base_url = str(server.info["url"]).rstrip("/")
-            if server.base_url and probe(server.base_url):
+            if server.base_url and all(probe(url) for url in server.urls):
                 server.sample()
                 return server
             time.sleep(1.0)

@@ -55,7 +55,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", required=True, help="local artifact directory (its data/)")
     p.add_argument("--out", type=Path, required=True, help="requests parquet to write")
     p.add_argument("--config", type=Path, help="TrafficConfig JSON; the flags below override it")
-    p.add_argument("--target", help="base URL (default http://127.0.0.1:8000)")
+    p.add_argument(
+        "--target",
+        action="append",
+        help="base URL (default http://127.0.0.1:8000); repeat it for several replicas of one "
+        "service (for example each ingress replica's direct port): each request goes to the "
+        "one with the fewest in flight",
+    )
     p.add_argument("--shape", choices=SHAPE_KINDS, help="load shape (default constant)")
     p.add_argument("--duration", type=float, help="seconds of arrivals (default 30)")
     p.add_argument("--rate", type=float, help="base rate, req/s (constant rate, step low, ...)")
@@ -96,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> TrafficConfig:
             period_s=args.period,
         ).model_dump()
     for key, value in (
-        ("target", args.target),
+        ("target", args.target[0] if args.target and len(args.target) == 1 else args.target),
         ("seed", args.seed),
         ("timeout_s", args.timeout),
         ("max_requests", args.max_requests),
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = build_schedule(config, workload)
     print(
         f"[traffic] {len(schedule)} requests over {config.duration_s:g}s "
-        f"({config.shape.kind}) -> {config.target}",
+        f"({config.shape.kind}) -> {', '.join(config.targets)}",
         file=sys.stderr,
     )
     if args.dry_run:

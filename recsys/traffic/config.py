@@ -163,8 +163,10 @@ class SamplingConfig(StrictModel):
 class TrafficConfig(StrictModel):
     """One bounded run of open-loop traffic against the HTTP API."""
 
-    target: str = "http://127.0.0.1:8000"
-    """Base URL of the service."""
+    target: str | list[str] = "http://127.0.0.1:8000"
+    """Base URL of the service, or several base URLs of one service (its replicas' own ports,
+    as Serve's direct ingress gives them): each request then goes to the one with the fewest
+    requests in flight, as a least-connections load balancer in front of them would send it."""
     allow_non_loopback: bool = False
     """Allow a target that is not a loopback address (off: a load generator pointed at a
     shared service by mistake is refused)."""
@@ -187,16 +189,25 @@ class TrafficConfig(StrictModel):
     """Connection pool size; large, so the pool never holds requests back (that would hide
     queueing as coordinated omission)."""
 
+    @property
+    def targets(self) -> list[str]:
+        """The base URLs, without trailing slashes (one or more)."""
+        urls = [self.target] if isinstance(self.target, str) else self.target
+        return [url.rstrip("/") for url in urls]
+
     @model_validator(mode="after")
     def _check_target(self) -> Self:
-        parts = urlsplit(self.target)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"target must be an http(s) URL with a host, got {self.target!r}")
-        if not self.allow_non_loopback and not is_loopback(parts.hostname):
-            raise ValueError(
-                f"target host {parts.hostname!r} is not a loopback address; set "
-                "allow_non_loopback (--allow-non-loopback) to send load elsewhere"
-            )
+        if not self.targets:
+            raise ValueError("target must name at least one URL")
+        for target in self.targets:
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"target must be an http(s) URL with a host, got {target!r}")
+            if not self.allow_non_loopback and not is_loopback(parts.hostname):
+                raise ValueError(
+                    f"target host {parts.hostname!r} is not a loopback address; set "
+                    "allow_non_loopback (--allow-non-loopback) to send load elsewhere"
+                )
         return self
 
 

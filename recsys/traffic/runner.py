@@ -144,39 +144,59 @@ class ClientShards:
     requests in flight it saturated a core and fell seconds behind its schedule. Pools of
     :data:`SHARD_CONNECTIONS` keep every scan short; choosing the least busy pool means a
     request waits for a connection only when all ``max_connections`` are in use.
+
+    With several targets (``TrafficConfig.targets``) each has its own pools, the connections
+    split evenly, and a request goes to the target with the fewest requests in flight (ties
+    to the one sent the fewest): least-connections balancing, as a load balancer in front of
+    the replicas would do it.
     """
 
     def __init__(self, config: TrafficConfig):
-        n = max(1, math.ceil(config.max_connections / SHARD_CONNECTIONS))
-        per = math.ceil(config.max_connections / n)
+        targets = config.targets
+        per_target = max(1, config.max_connections // len(targets))
+        n = max(1, math.ceil(per_target / SHARD_CONNECTIONS))
+        per = math.ceil(per_target / n)
         limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
         tls = ssl.create_default_context()  # one for all: building one per client costs ~30 ms
         self.clients = [
-            httpx.AsyncClient(
-                base_url=config.target.rstrip("/"),
-                limits=limits,
-                timeout=httpx.Timeout(config.timeout_s),
-                headers={"content-type": "application/json"},
-                verify=tls,
-            )
-            for _ in range(n)
+            [
+                httpx.AsyncClient(
+                    base_url=target,
+                    limits=limits,
+                    timeout=httpx.Timeout(config.timeout_s),
+                    headers={"content-type": "application/json"},
+                    verify=tls,
+                )
+                for _ in range(n)
+            ]
+            for target in targets
         ]
-        self.busy = [0] * n
+        self.busy = [[0] * n for _ in targets]
+        self.in_flight = [0] * len(targets)
+        self.sent = [0] * len(targets)
+        """Requests sent to each target so far."""
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        i = min(range(len(self.busy)), key=self.busy.__getitem__)
-        self.busy[i] += 1
+        t = min(range(len(self.in_flight)), key=lambda j: (self.in_flight[j], self.sent[j]))
+        busy = self.busy[t]
+        i = min(range(len(busy)), key=busy.__getitem__)
+        busy[i] += 1
+        self.in_flight[t] += 1
+        self.sent[t] += 1
         try:
-            yield self.clients[i]
+            yield self.clients[t][i]
         finally:
-            self.busy[i] -= 1
+            busy[i] -= 1
+            self.in_flight[t] -= 1
 
     async def __aenter__(self) -> ClientShards:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(c.aclose() for c in self.clients), return_exceptions=True)
+        await asyncio.gather(
+            *(c.aclose() for pools in self.clients for c in pools), return_exceptions=True
+        )
 
 
 def _read_answer(rec: RequestRecorder, i: int, response: httpx.Response) -> None:
@@ -211,7 +231,7 @@ async def run_async(
     stop: asyncio.Event | None = None,
 ) -> RunResult:
     """Send ``schedule`` (from :func:`recsys.traffic.schedule.build_schedule`) to
-    ``config.target`` open-loop; return one record per scheduled request.
+    ``config.targets`` open-loop; return one record per scheduled request.
 
     Setting ``stop`` ends the run early: requests in flight are cancelled (``cancelled``), the
     rest are ``not_sent``, and the records so far are returned as usual.

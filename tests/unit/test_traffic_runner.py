@@ -5,6 +5,7 @@ slow answers never delay later sends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -89,16 +90,32 @@ class Server:
     """X-Request-ID of every request the server received."""
 
 
-@pytest.fixture()
-def server() -> Iterator[Server]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class SlowHandler(Handler):
+    """Every answer after 0.3 s (a replica with a queue)."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        time.sleep(0.3)
+        super().do_POST()
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler] = Handler) -> Iterator[Server]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     httpd.seen = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield Server(f"http://127.0.0.1:{httpd.server_address[1]}", httpd.seen)  # type: ignore[attr-defined]
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield Server(f"http://127.0.0.1:{httpd.server_address[1]}", httpd.seen)  # type: ignore[attr-defined]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture()
+def server() -> Iterator[Server]:
+    with serving() as running:
+        yield running
 
 
 def schedule_of(users: list[str | None], spacing_s: float = 0.02) -> pd.DataFrame:
@@ -225,3 +242,22 @@ def test_stopping_a_run_still_gives_every_request_an_outcome(server: Server) -> 
 def test_request_ids_reach_the_server(server: Server) -> None:
     run(schedule_of(["U1", None, "U2"]), config_for(server.url), progress=False)
     assert sorted(server.seen) == ["load-0", "load-1", "load-2"]
+
+
+def test_several_targets_share_the_load_by_requests_in_flight() -> None:
+    with serving() as a, serving() as b:
+        config = TrafficConfig(
+            target=[a.url, b.url + "/"], shape=ConstantShape(rate=1), duration_s=1
+        )
+        r = run(schedule_of(["U1"] * 40, spacing_s=0.01), config, progress=False).records
+        assert (r["outcome"] == "ok").all()
+        assert len(a.seen) + len(b.seen) == 40 and min(len(a.seen), len(b.seen)) >= 15
+    # a replica that holds its requests longer gets fewer new ones (round robin would give
+    # both 20)
+    with serving(SlowHandler) as slow, serving() as fast:
+        config = TrafficConfig(
+            target=[slow.url, fast.url], shape=ConstantShape(rate=1), duration_s=1
+        )
+        r = run(schedule_of(["U1"] * 40, spacing_s=0.01), config, progress=False).records
+        assert (r["outcome"] == "ok").all()
+        assert len(fast.seen) > 2 * len(slow.seen) > 0

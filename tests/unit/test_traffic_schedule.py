@@ -174,6 +174,13 @@ def test_non_loopback_targets_are_refused(target: str) -> None:
         target=target, allow_non_loopback=True, shape=ConstantShape(rate=1), duration_s=1
     )
     assert allowed.target == target
+    # every one of several targets is checked
+    with pytest.raises(ValidationError, match="loopback"):
+        TrafficConfig(
+            target=["http://127.0.0.1:8000", target], shape=ConstantShape(rate=1), duration_s=1
+        )
+    with pytest.raises(ValidationError, match="at least one"):
+        TrafficConfig(target=[], shape=ConstantShape(rate=1), duration_s=1)
 
 
 @pytest.mark.parametrize(
