@@ -119,4 +119,6 @@ def build_app(args: AppConfig) -> Application:
         autoscaling_config=autoscaling(ingress.autoscaling),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry),
         max_surge_percent=ROLLOUT_SURGE_PERCENT,
+        # the ingress writes its own access line, with the stage timings (deployments.ingress)
+        logging_config={"enable_access_log": False},
     ).bind(config, encoder, retriever, rankers)

@@ -24,7 +24,6 @@ one is not.
 import asyncio
 import json
 import logging
-import sys
 import time
 from typing import Any
 
@@ -76,13 +75,15 @@ from recsys.warmup import (
     stage_report,
 )
 
-access_log = logging.getLogger("recsys.access")
-if not access_log.handlers:
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(_handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
+access_log = logging.getLogger("ray.serve")
+"""The access log: one JSON line per request through Serve's replica logger, so it lands in the
+replica's buffered log file (``logs/serve/replica_<app>_Ingress_<id>.log``, what log
+collection on KubeRay reads) with Serve's prefix and the request id. Serve's own access line
+is off for the Ingress (``deployments.app``): one line per request, this one, which also has
+the route, variant, degradation and stage timings. Not on stderr: Ray's log monitor tails
+every worker's stderr and relays each line through the GCS, which cost 0.13 ms of CPU per
+request in the log monitor alone at 160 req/s on 2 cores."""
+ACCESS_LOG_EXTRA = {"log_to_stderr": False}
 
 WARMUP_TIMEOUT_S = 1800.0
 """How long a starting ingress waits for the stages to come up and answer its warm-up chain
@@ -446,6 +447,7 @@ class Ingress:
                     "total_ms": round(total, 2),
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
                 }
-            )
+            ),
+            extra=ACCESS_LOG_EXTRA,
         )
         return response
