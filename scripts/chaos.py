@@ -79,9 +79,13 @@ DEPLOYMENT_OF = {
 BURST_S = 10.0
 CAPACITY_PROBE_RPS = 250.0
 CAPACITY_PROBE_S = 12.0
-SUSTAINED_SHARE = 0.6
-"""Sustained rate as a share of the measured capacity: headroom for the client on the same
-cores and for the kills (a killed replica's work moves to the others)."""
+SUSTAINED_SHARE = 0.5
+"""Sustained rate as a share of the measured capacity: the load a stage's two replicas can
+lose one of (N+1). While Serve replaces a killed replica, the other carries all its stage's
+load, beside the replacement's start on the same two cores; the client runs there too. (The
+capacity counts degraded answers, so it is a brownout capacity: at 0.6 of it the steady
+state itself browned out, with ok p99 near 200 ms, and each kill of an encoder, retriever or
+gang rank refused 0.3-4.7% of its requests: results/chaos/report.md at b731356.)"""
 
 
 @dataclass
