@@ -10,7 +10,8 @@ injected part-way through:
 * ``kill_encoder``, ``kill_retriever``, ``kill_ranker``, ``kill_ingress``: the stage's (only)
   replica actor is killed (``ray.kill``); Serve replaces it.
 * ``kill_gang_rank``: the app is redeployed with ``tp=2`` and one rank worker process of the
-  ranker's gang is killed (SIGKILL).
+  ranker's gang is killed (SIGKILL). With ``--rate auto`` the tp=2 app's own capacity is
+  measured first and it runs at the same share of it (``capacity_tp2``).
 * ``burst_3x``, ``burst_10x``: the arrival rate steps to 3x / 10x the sustained rate for 10 s.
 * ``rollout``: the app is redeployed (``serve.run`` with the new config, what ``serve deploy``
   does) with another artifact version; afterwards ``/v1/version`` must name it.
@@ -186,6 +187,24 @@ def probe_until_up(url: str, started: float, limit_s: float, out: dict[str, Any]
         except (OSError, urllib.error.HTTPError):
             pass
         time.sleep(0.1)
+
+
+def measure_capacity(base: str, workload: Any, out: Path) -> tuple[float, dict[str, Any]]:
+    """The app's capacity (req/s answered, degraded included) and the last probe's summary:
+    two open-loop overloads, a heavy one (the client's own CPU on these cores makes its
+    goodput an underestimate), then one at twice what it served; the larger goodput."""
+    offered, capacity = CAPACITY_PROBE_RPS, 0.0
+    measured: dict[str, Any] = {}
+    for attempt in range(2):
+        probe = Scenario("capacity", CAPACITY_PROBE_S, fault_at_s=0.0)
+        measured = run_scenario(probe, base, None, offered, workload, 99 - attempt, None, out)
+        served = (measured["ok"] + measured["degraded"]) / CAPACITY_PROBE_S
+        print(f"[chaos] capacity probe at {offered:.0f} req/s: {served:.1f} served",
+              file=sys.stderr, flush=True)  # fmt: skip
+        capacity = max(capacity, served)
+        offered = 2.0 * served
+        time.sleep(3)
+    return capacity, measured
 
 
 # ---- one scenario -----------------------------------------------------------------------------
@@ -386,27 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy(config, base)
         workload = Workload.from_artifact(args.artifacts, SamplingConfig())
-        capacity = None
         if args.rate == "auto":
-            # two open-loop overloads: a heavy one (the client's own CPU on these cores makes
-            # its goodput an underestimate), then one at twice what it served; the larger
-            # goodput is the capacity
-            offered, capacity = CAPACITY_PROBE_RPS, 0.0
-            for attempt in range(2):
-                probe = Scenario("capacity", CAPACITY_PROBE_S, fault_at_s=0.0)
-                measured = run_scenario(
-                    probe, base, None, offered, workload, 99 - attempt, None, args.out
-                )
-                served = (measured["ok"] + measured["degraded"]) / CAPACITY_PROBE_S
-                print(f"[chaos] capacity probe at {offered:.0f} req/s: {served:.1f} served",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                capacity = max(capacity, served)
-                offered = 2.0 * served
-                time.sleep(3)
+            capacity, measured = measure_capacity(base, workload, args.out)
             args.rate = round(SUSTAINED_SHARE * capacity, 1)
             print(f"[chaos] capacity {capacity:.1f} req/s -> sustained {args.rate:g} req/s",
                   file=sys.stderr, flush=True)  # fmt: skip
             results["capacity"] = {**measured, "capacity_rps": round(capacity, 1)}
+        auto_rate = "capacity" in results
         args.rate = float(args.rate)
         for i, name in enumerate(names):
             direct_port = direct_ingress_port("recsys", port)
@@ -422,19 +427,35 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "rollout":
                 new = config.model_copy(deep=True)
                 new.artifacts = args.rollout_artifacts
-                fault = lambda c=new: (deploy(c, base), "redeployed")[1]  # noqa: E731
+
+                def redeploy(c: Any = new) -> str:
+                    deploy(c, base)
+                    return "redeployed"
+
+                fault = redeploy
                 sc.duration_s = max(duration, 60.0)
-            elif name == "kill_gang_rank":
+            rate = float(args.rate)
+            if name == "kill_gang_rank":
                 gang = config.model_copy(deep=True)
                 gang.topology.tp = 2
                 deploy(gang, base)
                 fault = kill_gang_rank
+                if auto_rate:
+                    # another app: each ranker replica is a gang of two rank processes, whose
+                    # every forward crosses a process boundary; it runs at the same share of
+                    # its own capacity
+                    capacity, measured = measure_capacity(base, workload, args.out)
+                    rate = round(SUSTAINED_SHARE * capacity, 1)
+                    print(f"[chaos] tp=2 capacity {capacity:.1f} req/s -> {rate:g} req/s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    results["capacity_tp2"] = {**measured, "capacity_rps": round(capacity, 1)}
             print(
-                f"[chaos] {name}: {sc.duration_s:g} s at {args.rate:g} req/s -> {target}",
+                f"[chaos] {name}: {sc.duration_s:g} s at {rate:g} req/s -> {target}",
                 file=sys.stderr,
                 flush=True,
             )
-            summary = run_scenario(sc, target, direct, args.rate, workload, i, fault, args.out)
+            summary = run_scenario(sc, target, direct, rate, workload, i, fault, args.out)
+            summary["rate"] = rate
             if name == "rollout":
                 code, body = http_get(f"{base}/v1/version")
                 summary["version_after"] = body.get("artifact_version")
@@ -476,7 +497,7 @@ def headline_numbers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rej = [
         r["rejection_p99_ms"]
         for n, r in results.items()
-        if r.get("rejection_p99_ms") and n != "capacity"
+        if r.get("rejection_p99_ms") and not n.startswith("capacity")
     ]
     rollout = results.get("rollout", {})
     return {
@@ -485,7 +506,7 @@ def headline_numbers(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         # p99 of any scenario (kills included), which a good burst number could hide
         "rejection_p99_ms": results.get("burst_3x", {}).get("rejection_p99_ms"),
         "rejection_p99_ms_any": max(rej) if rej else None,
-        "lost": sum(r["lost"] for n, r in results.items() if n != "capacity"),
+        "lost": sum(r["lost"] for n, r in results.items() if not n.startswith("capacity")),
         "rejection_p99_ms_10x": results.get("burst_10x", {}).get("rejection_p99_ms"),
         "goodput_ratio_10x": results.get("burst_10x", {}).get("goodput_ratio"),
         "kill_success_ratio_min": min(kills) if kills else None,
@@ -527,7 +548,7 @@ def report(doc: dict[str, Any]) -> str:
             for k in (
                 "fault", "fault_error", "fault_call_s", "direct_port_down_s", "failure_kinds",
                 "burst_offered_rps", "ok_p99_ms", "rss_mb_before", "rss_mb_after",
-                "capacity_rps", "version_after", "version_expected", "target",
+                "capacity_rps", "rate", "version_after", "version_expected", "target",
             )
             if k in r
         }  # fmt: skip
