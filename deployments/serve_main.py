@@ -106,6 +106,13 @@ def direct_ingress_ports(
     )
 
 
+def starting_ingress_replicas(config: AppConfig) -> int:
+    """Ingress replicas a freshly deployed app runs (what :func:`direct_ingress_ports` waits
+    to see listed)."""
+    replicas = config.ingress.autoscaling
+    return max(1, replicas.initial_replicas or replicas.min_replicas)
+
+
 def direct_ingress_port(app_name: str, proxy_port: int, timeout_s: float = 60.0) -> int | None:
     """The first of :func:`direct_ingress_ports` (None when direct ingress is off)."""
     ports = direct_ingress_ports(app_name, proxy_port, timeout_s)
@@ -248,9 +255,8 @@ def serve_foreground(
         app_phases["deploy"] = time.perf_counter() - started
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{shown}:{port}"
-        ingress = config.ingress.autoscaling
         direct_ports = direct_ingress_ports(
-            "recsys", port, min_count=ingress.initial_replicas or ingress.min_replicas
+            "recsys", port, min_count=starting_ingress_replicas(config)
         )
         direct = ", ".join(f"http://{shown}:{p}" for p in direct_ports) or None
         started = time.perf_counter()

@@ -348,7 +348,11 @@ def host_main(argv: list[str]) -> int:
     """Start a Ray instance, deploy one app, write the ready file, serve until SIGTERM."""
     import threading
 
-    from deployments.serve_main import apply_local_serve_env, direct_ingress_ports
+    from deployments.serve_main import (
+        apply_local_serve_env,
+        direct_ingress_ports,
+        starting_ingress_replicas,
+    )
     from recsys.bench.config import HostSpec
 
     p = argparse.ArgumentParser(prog="python scripts/bench.py host")
@@ -390,16 +394,15 @@ def host_main(argv: list[str]) -> int:
         serve.run(application, name="recsys", route_prefix="/", blocking=False)
         # every ingress replica's own port: the load generator balances over them, as a
         # Kubernetes Service does over ingress pods (the monolith has one replica)
-        replicas = spec.app.ingress.autoscaling
-        expected = replicas.initial_replicas or replicas.min_replicas if spec.kind == "serve" else 1
+        expected = starting_ingress_replicas(spec.app) if spec.kind == "serve" else 1
         ports = direct_ingress_ports("recsys", spec.port, min_count=expected)
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        urls = [f"http://127.0.0.1:{port}" for port in ports or [spec.port]]
         from ray.serve._private import constants
 
         info = {
-            "url": urls[0] if urls else f"http://127.0.0.1:{spec.port}",
-            "urls": urls or [f"http://127.0.0.1:{spec.port}"],
-            "direct_ingress": bool(urls),
+            "url": urls[0],
+            "urls": urls,
+            "direct_ingress": bool(ports),
             "grpc_between_replicas": bool(constants.RAY_SERVE_USE_GRPC_BY_DEFAULT),
             "throughput_optimized": bool(constants.RAY_SERVE_THROUGHPUT_OPTIMIZED),
             "include_dashboard": spec.include_dashboard,

@@ -405,13 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy(config, base)
         workload = Workload.from_artifact(args.artifacts, SamplingConfig())
-        if args.rate == "auto":
+        auto_rate = args.rate == "auto"
+        if auto_rate:
             capacity, measured = measure_capacity(base, workload, args.out)
             args.rate = round(SUSTAINED_SHARE * capacity, 1)
             print(f"[chaos] capacity {capacity:.1f} req/s -> sustained {args.rate:g} req/s",
                   file=sys.stderr, flush=True)  # fmt: skip
             results["capacity"] = {**measured, "capacity_rps": round(capacity, 1)}
-        auto_rate = "capacity" in results
         args.rate = float(args.rate)
         for i, name in enumerate(names):
             direct_port = direct_ingress_port("recsys", port)

@@ -95,8 +95,7 @@ class HttpTarget:
         return float(np.median(times))
 
     def run(self, schedule: pd.DataFrame, traffic: TrafficConfig, progress: bool) -> PointRun:
-        urls = self.server.urls
-        traffic = traffic.model_copy(update={"target": urls[0] if len(urls) == 1 else urls})
+        traffic = traffic.model_copy(update={"target": self.server.urls})
         before = self.server.sample()
         m0, s0 = read_machine_cpu(), self_cpu_s()
         http = send_schedule(

@@ -102,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> TrafficConfig:
             period_s=args.period,
         ).model_dump()
     for key, value in (
-        ("target", args.target[0] if args.target and len(args.target) == 1 else args.target),
+        ("target", args.target),
         ("seed", args.seed),
         ("timeout_s", args.timeout),
         ("max_requests", args.max_requests),

@@ -172,23 +172,21 @@ class ClientShards:
             for target in targets
         ]
         self.busy = [[0] * n for _ in targets]
-        self.in_flight = [0] * len(targets)
+        """Requests in flight per pool, per target."""
         self.sent = [0] * len(targets)
         """Requests sent to each target so far."""
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        t = min(range(len(self.in_flight)), key=lambda j: (self.in_flight[j], self.sent[j]))
+        t = min(range(len(self.busy)), key=lambda j: (sum(self.busy[j]), self.sent[j]))
         busy = self.busy[t]
         i = min(range(len(busy)), key=busy.__getitem__)
         busy[i] += 1
-        self.in_flight[t] += 1
         self.sent[t] += 1
         try:
             yield self.clients[t][i]
         finally:
             busy[i] -= 1
-            self.in_flight[t] -= 1
 
     async def __aenter__(self) -> ClientShards:
         return self
