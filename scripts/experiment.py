@@ -53,12 +53,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from recsys.config import AppConfig  # noqa: E402
 from recsys.experiments.cluster_spec import FakeClusterSpec, check_fits, spec_from_k8s  # noqa: E402
-from recsys.experiments.forecast import ScheduledEvent, write_events  # noqa: E402
+from recsys.experiments.forecast import (  # noqa: E402
+    DailyProfile,
+    ScheduledEvent,
+    write_events,
+    write_profile,
+)
 from recsys.experiments.local_cluster import (  # noqa: E402
     DEFAULT_STATE_DIR,
     ClusterState,
@@ -84,9 +90,12 @@ from recsys.traffic.config import (  # noqa: E402
     TrafficConfig,
     shape_from_params,
 )
-from recsys.traffic.shapes import load_change_times  # noqa: E402
+from recsys.traffic.shapes import arrival_times, load_change_times  # noqa: E402
 
 SERVE_CONFIG = ROOT / "deployments" / "configs" / "gpu.yaml"
+PROFILE_STEP_S = 30.0
+"""Resolution of the earlier day's load given to the predictive policy (a metrics export)."""
+DECISIONS_FILE = "policy_decisions.jsonl"
 K8S_CLUSTER = ROOT / "k8s" / "cluster.yaml"
 
 
@@ -517,7 +526,7 @@ def observe_tail(sampler: Sampler, app: AppConfig, spec: ExperimentSpec, started
 
 
 def deployment_overrides(
-    spec: ExperimentSpec, app: AppConfig, events_path: Path
+    spec: ExperimentSpec, app: AppConfig, scratch: Path
 ) -> dict[str, dict[str, Any]]:
     """Serve options the experiment sets beyond the app config: graceful shutdown of ranker
     gangs (stop taking requests, finish what they hold within the deadline, then stop) and,
@@ -545,11 +554,49 @@ def deployment_overrides(
                 "headroom": spec.policy.headroom,
                 "downscale_hold_s": spec.policy.downscale_hold_s,
                 "period_s": getattr(spec.traffic.shape, "period_s", None),
-                "events_file": str(events_path),
+                "events_file": str(scratch / "events.json"),
+                "profile_file": str(scratch / "profile.json"),
+                "decisions_file": str(scratch / DECISIONS_FILE),
             },
         }
         overrides.setdefault(DEPLOYMENT_NAMES[stage], {})["autoscaling_config"] = base
     return overrides
+
+
+def earlier_day(spec: ExperimentSpec, day_start_unix: float) -> DailyProfile | None:
+    """Yesterday's ranker load for a periodic shape (diurnal), as a shop's metrics would hold
+    it: the same daily shape drawn with another seed (other shoppers, the same habits),
+    counted per ``PROFILE_STEP_S``, times the ranker's device time per request (ongoing
+    requests = arrival rate x time in service). None for shapes without a day, or without a
+    known device time."""
+    period = getattr(spec.traffic.shape, "period_s", None)
+    if period is None or spec.ranker_service_s is None:
+        return None
+    rng = np.random.default_rng(spec.traffic.seed + 1000)
+    arrivals = arrival_times(spec.traffic.shape, period, rng)
+    edges = np.arange(0.0, period + PROFILE_STEP_S / 2, PROFILE_STEP_S)
+    counts, _ = np.histogram(arrivals, bins=edges)
+    widths = np.diff(edges)
+    return DailyProfile(
+        day_start_unix=day_start_unix,
+        period_s=period,
+        step_s=PROFILE_STEP_S,
+        load=tuple(float(x) for x in counts / widths * spec.ranker_service_s),
+    )
+
+
+def run_estimate_s(spec: ExperimentSpec) -> float:
+    """Seconds from the deploy to the traffic's zero, roughly (made exact at the zero)."""
+    return 20.0 + spec.warmup_s + 4.0
+
+
+def write_day(scratch: Path, spec: ExperimentSpec, day_start_unix: float) -> DailyProfile | None:
+    """The earlier day's profile for the day starting at ``day_start_unix`` (if the shape has
+    days), where the predictive policy reads it."""
+    profile = earlier_day(spec, day_start_unix)
+    if profile is not None:
+        write_profile(scratch / "profile.json", profile)
+    return profile
 
 
 def announced_events(spec: ExperimentSpec, traffic_start_unix: float) -> list[ScheduledEvent]:
@@ -617,11 +664,14 @@ def main(argv: list[str] | None = None) -> int:
 
         cluster_probe.connect(state)
         t = time.time()
+        # The shop has yesterday's load before the app starts: the policy gets it at once,
+        # with the day's start estimated (deploy + warm-up), made exact when traffic starts.
+        write_day(scratch, spec, t + run_estimate_s(spec))
         print(
             f"[experiment] deploying {spec.profile} profile, policy {spec.policy.name}", flush=True
         )
         cluster_probe.deploy(
-            app, port=args.port, overrides=deployment_overrides(spec, app, events_path)
+            app, port=args.port, overrides=deployment_overrides(spec, app, scratch)
         )
         answer = wait_http_ready(args.port)
         run.update(
@@ -656,7 +706,13 @@ def main(argv: list[str] | None = None) -> int:
         traffic_started = time.time() + 1.0  # the generator's start-up
         events = announced_events(spec, traffic_started)
         write_events(events_path, events)
-        spec = spec.model_copy(update={"events": [e.__dict__ for e in events]})
+        profile = write_day(scratch, spec, traffic_started)
+        spec = spec.model_copy(
+            update={
+                "events": [e.__dict__ for e in events],
+                "daily_profile": None if profile is None else list(profile.load),
+            }
+        )
         spec.write(out)
         try:
             run_traffic(
@@ -687,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster_down_s=round(report.seconds, 1), stragglers_killed=len(report.stragglers_killed)
         )
         run["finished_unix"] = time.time()
+        if (scratch / DECISIONS_FILE).is_file():
+            shutil.copyfile(scratch / DECISIONS_FILE, out / DECISIONS_FILE)
         shutil.rmtree(scratch, ignore_errors=True)
         (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     if not args.no_report:

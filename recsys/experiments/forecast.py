@@ -13,8 +13,11 @@ one asks for what the load will be ``lead_s`` from now, from what is knowable at
   of the noise (the slope of ``trend_bin_s`` means at least ``trend_min_t`` standard
   errors above zero);
 * queue growth: requests waiting beyond the replicas' capacity are added as demand;
-* a daily shape learned from earlier days (``period_s``: the load seen one period ago at the
-  time ``lead_s`` ahead, scaled by how today compares with that day so far);
+* a daily shape from earlier days (``period_s``): the load one period ago at the time
+  ``lead_s`` ahead, scaled by how today compares with that day over the last
+  ``ratio_window_s``. The day comes from a :class:`DailyProfile` when the shop gives one (its
+  metrics of yesterday: the policy then needs no day of its own history), else from what the
+  policy itself saw one period ago; without either, no seasonality;
 * scheduled events (:class:`ScheduledEvent`): a sale announced ahead with its start time.
   From ``start - lead_s`` the policy holds ``event_replicas`` (the magnitude is not announced,
   so it reserves what the pool allows) until ``hold_after_start_s`` after the start, then the
@@ -22,7 +25,9 @@ one asks for what the load will be ``lead_s`` from now, from what is knowable at
 
 Scale-down is slow on purpose: the target is the largest decision of the last
 ``downscale_hold_s`` seconds, so capacity that took minutes to arrive is not given back on a
-lull. The trade-off is GPU-node-seconds: capacity arrives early and leaves late.
+lull. The trade-off is GPU-node-seconds: capacity arrives early and leaves late. After an
+event whose end was announced, the hold is waived for ``downscale_hold_s``: the shop said
+the sale is over, so the capacity reserved for it follows the falling load down.
 
 The load unit is whatever the caller measures (Serve gives ongoing requests per deployment:
 for a device-bound stage serving one request at a time, the number of busy replicas).
@@ -65,6 +70,54 @@ def write_events(path: str | Path, events: list[ScheduledEvent]) -> None:
     Path(path).write_text(json.dumps({"events": [e.__dict__ for e in events]}, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class DailyProfile:
+    """The load expected over one day, from an earlier day (what a shop's metrics hold for
+    yesterday), in the policy's load unit, one value per ``step_s`` from ``day_start_unix``.
+
+    It covers that one day only: outside it, :meth:`at` knows nothing (a deployment writes
+    the next day's file at midnight; the policy rereads it when it changes)."""
+
+    day_start_unix: float
+    """When the day starts (midnight)."""
+    period_s: float
+    """Length of the day."""
+    step_s: float
+    """Seconds between values."""
+    load: tuple[float, ...]
+    """Load at ``(i + 0.5) * step_s`` into the day."""
+
+    def at(self, t_unix: float) -> float | None:
+        """The load at ``t_unix`` (linear between values), None outside the day."""
+        into = t_unix - self.day_start_unix
+        if not 0.0 <= into < self.period_s or not self.load:
+            return None
+        x = min(max(into / self.step_s - 0.5, 0.0), len(self.load) - 1.0)
+        i = min(math.floor(x), len(self.load) - 2) if len(self.load) > 1 else 0
+        w = x - i
+        nxt = self.load[i + 1] if len(self.load) > 1 else self.load[0]
+        return (1.0 - w) * self.load[i] + w * nxt
+
+
+def read_profile(path: str | Path) -> DailyProfile | None:
+    """A profile from JSON (:func:`write_profile`); an absent file means none."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    data = json.loads(p.read_text())
+    return DailyProfile(
+        day_start_unix=float(data["day_start_unix"]),
+        period_s=float(data["period_s"]),
+        step_s=float(data["step_s"]),
+        load=tuple(float(x) for x in data["load"]),
+    )
+
+
+def write_profile(path: str | Path, profile: DailyProfile) -> None:
+    data = {**profile.__dict__, "load": list(profile.load)}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
 @dataclass
 class PredictiveScaler:
     """Replicas wanted ``lead_s`` ahead; one instance per deployment (it keeps history)."""
@@ -82,20 +135,31 @@ class PredictiveScaler:
     trend_bin_s: float = 5.0
     """The fit runs over means of this many seconds (samples a control-loop tick apart are
     not independent)."""
-    trend_min_t: float = 3.0
-    """A slope counts only at least this many standard errors above zero."""
-    level_window_s: float = 10.0
-    """Window of the current level (a mean)."""
-    downscale_hold_s: float = 120.0
+    trend_min_t: float = 4.0
+    """A slope counts only at least this many standard errors above zero (at 3, overlapping
+    windows of a flat 0.35 load passed now and then over a run, each time a gang for nothing;
+    a real rise the daily shape or the level answers too)."""
+    level_window_s: float = 30.0
+    """Window of the current level (a mean). At 0.3 req/s a 10 s mean of one-request-at-a-time
+    gangs swings between 0 and 0.9: held for ``downscale_hold_s``, the swing alone asked for
+    a second gang for the whole run."""
+    downscale_hold_s: float = 60.0
     """Scale down only to the largest decision of this many recent seconds."""
     period_s: float | None = None
-    """Length of a day, for the learned daily shape (None: no seasonality)."""
+    """Length of a day, for the daily shape (None: no seasonality)."""
+    profile: DailyProfile | None = None
+    """An earlier day's load for today (replaces the policy's own memory of a day)."""
+    ratio_window_s: float = 120.0
+    """Window over which today is compared with the earlier day (a ratio of means: one
+    request more or less in a 10 s window would swing it by half at the trough)."""
     event_replicas: int | None = None
     """Replicas held ahead of an announced event (None: ``max_replicas``)."""
     hold_after_start_s: float = 60.0
     """How long after an event's start the reservation holds (unless it announced an end)."""
     history: deque[tuple[float, float]] = field(default_factory=deque)
     decisions: deque[tuple[float, int]] = field(default_factory=deque)
+    last: dict[str, float | None] = field(default_factory=dict)
+    """The last decision's inputs and outputs (for a decision log)."""
 
     # ---- forecasts ------------------------------------------------------------------------
 
@@ -103,8 +167,15 @@ class PredictiveScaler:
         return [(t, x) for t, x in self.history if t > now - seconds]
 
     def level(self, now: float) -> float:
+        """Mean load over the level window. Before a whole window was seen (the app just
+        started, with no load before), the mean is scaled by the share seen: one busy first
+        second is not a level."""
         recent = self._window(now, self.level_window_s)
-        return sum(x for _, x in recent) / len(recent) if recent else 0.0
+        if not recent:
+            return 0.0
+        mean = sum(x for _, x in recent) / len(recent)
+        seen = now - self.history[0][0]
+        return mean * min(1.0, max(seen, 1.0) / self.level_window_s)
 
     def slope(self, now: float) -> float:
         """Least-squares slope of the load over the trend window (load units per second), 0
@@ -132,17 +203,41 @@ class PredictiveScaler:
         pts = [x for s, x in self.history if abs(s - t) <= width / 2]
         return sum(pts) / len(pts) if pts else None
 
-    def seasonal(self, now: float) -> float | None:
-        """Load one day ago at ``now + lead_s``, scaled by today / that day at ``now``."""
-        if self.period_s is None or not self.history:
+    def _earlier_day(self, now: float) -> tuple[float, float] | None:
+        """(today's load, the earlier day's) over the ratio window: means over the same
+        moments, those the earlier day knows."""
+        recent = self._window(now, self.ratio_window_s)
+        if not recent or recent[0][0] > now - 0.9 * self.ratio_window_s:
             return None
-        if self.history[0][0] > now - self.period_s:
-            return None  # not a full day seen yet
-        ahead = self._at(now + self.lead_s - self.period_s, 30.0)
-        then = self._at(now - self.period_s, 30.0)
+        pairs = [(x, self.yesterday(t)) for t, x in recent[:: max(1, len(recent) // 24)]]
+        known = [(x, y) for x, y in pairs if y is not None]
+        if len(known) < len(pairs) / 2:
+            return None
+        return sum(x for x, _ in known) / len(known), sum(y for _, y in known) / len(known)
+
+    def yesterday(self, t: float) -> float | None:
+        """The load expected at ``t`` from an earlier day: the profile when one is given (the
+        shop's own record, authoritative, and nothing outside its day), else what this policy
+        saw one period before ``t`` once it has a whole day of history."""
+        if self.period_s is None:
+            return None
+        if self.profile is not None:
+            return self.profile.at(t)
+        if self.history and self.history[0][0] <= t - self.period_s:
+            return self._at(t - self.period_s, 30.0)
+        return None
+
+    def seasonal(self, now: float) -> float | None:
+        """The earlier day's load at ``now + lead_s``, scaled by today / that day over the
+        last ``ratio_window_s`` (1 until a whole window was seen; at most 2: a burst today is
+        the trend's and the level's to answer, not a reason to double the whole day)."""
+        ahead = self.yesterday(now + self.lead_s)
         if ahead is None:
             return None
-        ratio = 1.0 if not then else max(0.5, min(2.0, self.level(now) / then))
+        compared = self._earlier_day(now)
+        ratio = 1.0
+        if compared is not None and compared[1] > 0:
+            ratio = min(2.0, compared[0] / compared[1])
         return ahead * ratio
 
     def predicted_load(self, now: float, queued: float = 0.0) -> float:
@@ -163,6 +258,15 @@ class PredictiveScaler:
                 floor = max(floor, self.event_replicas or self.max_replicas)
         return floor
 
+    def after_announced_end(self, now: float, events: list[ScheduledEvent]) -> bool:
+        """Within ``downscale_hold_s`` after the announced end of an event."""
+        return any(
+            e.end_unix is not None
+            and now >= e.announced_unix
+            and e.end_unix <= now < e.end_unix + self.downscale_hold_s
+            for e in events
+        )
+
     # ---- the decision ---------------------------------------------------------------------
 
     def decide(
@@ -175,14 +279,32 @@ class PredictiveScaler:
     ) -> int:
         """Record ``load`` at ``now`` and return the replicas wanted."""
         self.history.append((now, float(load)))
-        keep = max(self.trend_window_s, self.level_window_s) + (self.period_s or 0.0) + 60.0
+        keep = (
+            max(self.trend_window_s, self.level_window_s, self.ratio_window_s)
+            + (self.period_s or 0.0)
+            + 60.0
+        )
         while self.history and self.history[0][0] < now - keep:
             self.history.popleft()
+        events = events or []
         predicted = self.predicted_load(now, queued)
         wanted = math.ceil(predicted * self.headroom / self.capacity_per_replica - 1e-9)
-        wanted = max(wanted, self.event_floor(now, events or []))
+        wanted = max(wanted, self.event_floor(now, events))
         wanted = min(self.max_replicas, max(self.min_replicas, wanted))
+        if self.after_announced_end(now, events):
+            self.decisions.clear()  # the sale is over: follow the load down, no hold
         self.decisions.append((now, wanted))
         while self.decisions and self.decisions[0][0] < now - self.downscale_hold_s:
             self.decisions.popleft()
-        return max(n for _, n in self.decisions)
+        held = max(n for _, n in self.decisions)
+        self.last = {
+            "t": now,
+            "load": float(load),
+            "level": self.level(now),
+            "slope": self.slope(now),
+            "seasonal": self.seasonal(now),
+            "predicted": predicted,
+            "wanted": wanted,
+            "held": held,
+        }
+        return held

@@ -68,8 +68,10 @@ class AutoscalingPolicy(StrictModel):
     Serve's default one; their target is the load one replica carries."""
     headroom: float = Field(1.5, ge=1.0)
     """Predictive stages: capacity asked for over the predicted load."""
-    downscale_hold_s: float = Field(120.0, ge=0)
-    """Predictive stages: scale down only to the largest decision of this many seconds."""
+    downscale_hold_s: float = Field(60.0, ge=0)
+    """Predictive stages: scale down only to the largest decision of this many seconds. With
+    the nodes' 60 s idle timeout (``k8s/cluster.yaml``) a node stays about 120 s after the
+    last decision that needed it: about what a new one takes to arrive."""
 
     def stage(self, stage: Stage) -> StagePolicy:
         return self.stages[stage]
@@ -160,8 +162,9 @@ POLICIES: dict[str, AutoscalingPolicy] = {
     "predictive": _policy(
         "predictive",
         "ranker gangs asked for one lead time (node arrival + replica start) ahead: the load's "
-        "level and trend, a daily shape once a day was seen, announced events; 1.5x headroom, "
-        "scale-down only to the largest decision of the last 120 s. CPU stages as reactive",
+        "level and trend, the day's shape from an earlier day, announced events; 1.5x "
+        "headroom, scale-down only to the largest decision of the last 60 s (none after an "
+        "announced sale's end). CPU stages as reactive",
         up=2.0,
         down=10.0,
         look_back=3.0,

@@ -68,6 +68,9 @@ class ExperimentSpec(StrictModel):
     """How long before the load's rise the event was announced to the policy (None: not)."""
     events: list[dict[str, float]] = Field(default_factory=list)
     """Announced events as given to the policy (unix times)."""
+    daily_profile: list[float] | None = None
+    """The earlier day's load given to the predictive policy (ranker ongoing requests per
+    30 s from the day's start; None: no daily shape given)."""
     usd_per_gpu_hour: float = Field(2.0, gt=0)
     """Price the cost per million requests is stated at."""
     ranker_service_s: float | None = Field(None, gt=0)

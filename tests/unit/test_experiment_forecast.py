@@ -11,7 +11,15 @@ from recsys.experiments.cluster_spec import (
     NodeTypeSpec,
     render_autoscaler_config,
 )
-from recsys.experiments.forecast import PredictiveScaler, ScheduledEvent, read_events, write_events
+from recsys.experiments.forecast import (
+    DailyProfile,
+    PredictiveScaler,
+    ScheduledEvent,
+    read_events,
+    read_profile,
+    write_events,
+    write_profile,
+)
 from recsys.experiments.hindsight import (
     cost_per_million,
     fcfs_sojourn,
@@ -42,7 +50,7 @@ def test_noise_at_a_low_steady_load_is_not_extrapolated():
     rng = np.random.default_rng(0)
     s = _scaler(max_replicas=4, headroom=1.5)
     wanted = [s.decide(t / 10, float(rng.poisson(0.35))) for t in range(0, 6000)]
-    assert max(wanted) <= 2
+    assert max(wanted) == 1
     rising = _scaler(max_replicas=4, headroom=1.0)
     for t in range(0, 600):  # 0.3 -> 1.5 over the minute, with the same noise
         last = rising.decide(t / 10, float(rng.poisson(0.3 + 0.02 * t / 10)))
@@ -50,7 +58,7 @@ def test_noise_at_a_low_steady_load_is_not_extrapolated():
 
 
 def test_scale_down_waits_for_the_hold():
-    s = _scaler(headroom=1.0, downscale_hold_s=100.0)
+    s = _scaler(headroom=1.0, downscale_hold_s=100.0, level_window_s=5.0)
     for t in range(0, 20):
         s.decide(t, 3.0)
     assert s.decide(50, 0.2) == 3  # within the hold
@@ -78,6 +86,56 @@ def test_a_daily_shape_seen_yesterday_is_used_ahead():
         last = s.decide(float(t), day(t))
     # at t=459 the load is 0.5 and flat; a day ago, 150 s ahead (t=209), it was 3.0
     assert last == 3
+
+
+def _day_profile(start: float = 0.0) -> DailyProfile:
+    """A 400 s day: 0.5 in the first half, 3.0 in the second."""
+    return DailyProfile(
+        day_start_unix=start, period_s=400.0, step_s=20.0, load=(0.5,) * 10 + (3.0,) * 10
+    )
+
+
+def test_an_earlier_days_profile_asks_for_the_rise_from_the_first_second():
+    s = _scaler(headroom=1.0, period_s=400.0, profile=_day_profile())
+    # the load is 0.5 and flat; yesterday, 150 s ahead (t=210), it was 3.0
+    assert s.decide(60.0, 0.5) == 3
+    no_profile = _scaler(headroom=1.0, period_s=400.0)
+    assert no_profile.decide(60.0, 0.5) == 1
+
+
+def test_the_profile_is_scaled_by_how_today_compares_and_knows_nothing_past_its_day():
+    quiet = _scaler(headroom=1.0, period_s=400.0, profile=_day_profile())
+    for t in range(0, 181):  # today runs at half of yesterday's load
+        last = quiet.decide(float(t), 0.25)
+    assert last == 2  # 3.0 ahead x 0.5 = 1.5
+    assert quiet.seasonal(180.0) == 1.5
+    assert quiet.seasonal(300.0) is None  # 450 s is past the profile's day
+
+
+def test_the_hold_is_waived_after_an_announced_end_only():
+    ev = [ScheduledEvent(start_unix=300.0, announced_unix=0.0, end_unix=400.0)]
+    announced = _scaler(max_replicas=4, headroom=1.0, downscale_hold_s=60.0)
+    for t in range(0, 400):
+        announced.decide(float(t), 3.0 if t >= 300 else 0.3, events=ev)
+    for t in range(400, 440):
+        last = announced.decide(float(t), 0.3, events=ev)
+    assert last == 1  # the load fell after the end: no 60 s hold
+    no_end = [ScheduledEvent(start_unix=300.0, announced_unix=0.0)]
+    held = _scaler(max_replicas=4, headroom=1.0, downscale_hold_s=60.0)
+    for t in range(0, 400):
+        held.decide(float(t), 3.0 if t >= 300 else 0.3, events=no_end)
+    for t in range(400, 440):
+        last = held.decide(float(t), 0.3, events=no_end)
+    assert last == 3  # no end announced: the load's last 60 s still hold
+
+
+def test_profile_file_round_trip(tmp_path):
+    path = tmp_path / "profile.json"
+    assert read_profile(path) is None
+    write_profile(path, _day_profile(start=100.0))
+    back = read_profile(path)
+    assert back == _day_profile(start=100.0)
+    assert back is not None and back.at(100.0 + 210.0) == 3.0 and back.at(99.0) is None
 
 
 def test_events_file_round_trip(tmp_path):
