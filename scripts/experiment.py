@@ -81,7 +81,12 @@ from recsys.experiments.policies import (  # noqa: E402
     get_policy,
 )
 from recsys.experiments.sampler import Sampler  # noqa: E402
-from recsys.experiments.spec import REQUESTS_FILE, SAMPLES_FILE, ExperimentSpec  # noqa: E402
+from recsys.experiments.spec import (  # noqa: E402
+    DECISIONS_FILE,
+    REQUESTS_FILE,
+    SAMPLES_FILE,
+    ExperimentSpec,
+)
 from recsys.k8s.spec import ClusterSpec  # noqa: E402
 from recsys.reporting import git_state  # noqa: E402
 from recsys.traffic.config import (  # noqa: E402
@@ -95,7 +100,6 @@ from recsys.traffic.shapes import arrival_times, load_change_times  # noqa: E402
 SERVE_CONFIG = ROOT / "deployments" / "configs" / "gpu.yaml"
 PROFILE_STEP_S = 30.0
 """Resolution of the earlier day's load given to the predictive policy (a metrics export)."""
-DECISIONS_FILE = "policy_decisions.jsonl"
 K8S_CLUSTER = ROOT / "k8s" / "cluster.yaml"
 
 

@@ -49,6 +49,7 @@ from pydantic import Field
 from recsys.config import StrictModel
 from recsys.experiments.sampler import wide
 from recsys.experiments.spec import (
+    DECISIONS_FILE,
     REPORT_FILE,
     REQUESTS_FILE,
     SAMPLES_FILE,
@@ -63,6 +64,7 @@ PLOTS = {
     "latency": "latency.png",
     "scaling": "scaling.png",
     "load": "load.png",
+    "policy": "policy.png",
 }
 
 
@@ -80,6 +82,8 @@ class Experiment:
     facts: dict[str, str]
     """What the traffic run recorded about itself (``wall_s``, ``client_cpu_s``, ...)."""
     directory: Path | None = None
+    decisions: pd.DataFrame | None = None
+    """The predictive policy's decisions (``policy_decisions.jsonl``) with ``t_s``, if any."""
 
 
 def load_experiment(directory: str | Path, window_s: float | None = None) -> Experiment:
@@ -95,7 +99,14 @@ def load_experiment(directory: str | Path, window_s: float | None = None) -> Exp
         raise ValueError(f"{directory / REQUESTS_FILE} lacks t0_unix in its metadata")
     t0 = float(facts["t0_unix"])
     samples = samples.assign(t_s=samples["t_unix"] - t0)
-    return Experiment(spec, requests, samples, t0, facts, directory)
+    decisions = None
+    if (directory / DECISIONS_FILE).is_file():
+        decisions = pd.read_json(directory / DECISIONS_FILE, lines=True)
+        if len(decisions):
+            decisions = decisions.assign(t_s=decisions["t"] - t0).sort_values("t_s")
+        else:
+            decisions = None
+    return Experiment(spec, requests, samples, t0, facts, directory, decisions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -847,17 +858,65 @@ def plot_load(exp: Experiment, summary: ExperimentSummary, windows: pd.DataFrame
     return fig
 
 
+def plot_policy(exp: Experiment, summary: ExperimentSummary) -> Figure:
+    """The predictive policy at work: the ranker load it measured and what it predicted one
+    lead time ahead (drawn where it predicted for), and the gangs it wanted and held."""
+    d = exp.decisions
+    assert d is not None
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    ax_l, ax_r = fig.subplots(2, 1, sharex=True)
+    lead = max(exp.spec.node_arrival_s.values(), default=0.0) + exp.spec.replica_start_s
+    ax_l.plot(d["t_s"], d["load"], color="lightgrey", lw=0.8, label="ongoing requests (tick)")
+    ax_l.plot(d["t_s"], d["level"], color="C0", label="level (window mean)")
+    ax_l.plot(
+        d["t_s"] + lead, d["predicted"], color="C1", lw=1, label=f"predicted, drawn +{lead:g} s"
+    )
+    if d["seasonal"].notna().any():
+        ax_l.plot(
+            d["t_s"] + lead,
+            d["seasonal"],
+            color="C2",
+            ls="--",
+            lw=1,
+            label=f"earlier day x ratio, drawn +{lead:g} s",
+        )
+    ax_l.set_ylabel("ranker load\n(ongoing requests)")
+    ax_l.set_title(f"{exp.spec.name}: predictive policy (ranker)")
+    ax_l.legend(loc="upper right", fontsize=8)
+    _mark_phases(ax_l, summary)
+    ax_l.grid(True, alpha=0.3)
+    ax_r.step(d["t_s"], d["wanted"], where="post", color="C1", lw=0.8, label="wanted now")
+    ax_r.step(d["t_s"], d["held"], where="post", color="C3", label="asked for (after the hold)")
+    running = replica_series(exp.samples, "running_replicas")
+    for ranker in [c for c in running.columns if str(c).startswith("Ranker")][:1]:
+        ax_r.step(
+            running.index, running[ranker], where="post", color="black", lw=1, label="serving"
+        )
+    ax_r.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_r.set_ylabel("ranker gangs")
+    ax_r.set_xlabel("seconds from the start of traffic")
+    ax_r.set_xlim(right=exp.spec.cost_window_s)
+    ax_r.legend(loc="upper right", fontsize=8)
+    _mark_phases(ax_r, summary)
+    ax_r.grid(True, alpha=0.3)
+    return fig
+
+
 def figures(exp: Experiment, summary: ExperimentSummary | None = None) -> dict[str, Figure]:
-    """The report's figures by name (``latency``, ``scaling``, ``load``)."""
+    """The report's figures by name (``latency``, ``scaling``, ``load``, and ``policy`` when
+    the run has the predictive policy's decisions)."""
     summary = summary or summarize(exp)
     windows = request_windows(
         exp.requests, exp.spec.window_s, exp.spec.slo_ms, exp.spec.traffic.timeout_s * 1000.0
     )
-    return {
+    out = {
         "latency": plot_latency(exp, summary, windows),
         "scaling": plot_scaling(exp, summary),
         "load": plot_load(exp, summary, windows),
     }
+    if exp.decisions is not None:
+        out["policy"] = plot_policy(exp, summary)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1050,7 +1109,20 @@ def render_markdown(exp: Experiment, s: ExperimentSummary, plots: Mapping[str, s
         "head with 0 CPUs (Serve controller and the HTTP proxy only, `proxy_location: HeadOnly`).",
         "",
         f"Policy `{policy.name}`: upscale delay {policy.upscale_delay_s:g} s, downscale delay "
-        f"{policy.downscale_delay_s:g} s, look-back {policy.look_back_period_s:g} s.",
+        f"{policy.downscale_delay_s:g} s, look-back {policy.look_back_period_s:g} s."
+        + (
+            f" Predictive stages ({', '.join(policy.predictive)}): headroom "
+            f"{policy.headroom:g}x, scale-down hold {policy.downscale_hold_s:g} s; "
+            + (
+                "given an earlier day's load (ranker ongoing requests per 30 s: "
+                + ", ".join(f"{x:.2f}" for x in spec.daily_profile)
+                + ")."
+                if spec.daily_profile
+                else "no earlier day's load given."
+            )
+            if policy.predictive
+            else ""
+        ),
         "",
         _table(
             [
@@ -1103,9 +1175,11 @@ def write_report(
     (directory / SUMMARY_FILE).write_text(
         json.dumps(summary.model_dump(mode="json"), indent=2) + "\n"
     )
-    for name, fig in figures(exp, summary).items():
+    drawn = figures(exp, summary)
+    for name, fig in drawn.items():
         fig.savefig(directory / PLOTS[name], dpi=dpi)
-    (directory / REPORT_FILE).write_text(render_markdown(exp, summary, PLOTS))
+    plots = {name: PLOTS[name] for name in drawn}
+    (directory / REPORT_FILE).write_text(render_markdown(exp, summary, plots))
     return summary
 
 

@@ -23,6 +23,8 @@ REQUESTS_FILE = "requests.parquet"
 SAMPLES_FILE = "samples.parquet"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
+DECISIONS_FILE = "policy_decisions.jsonl"
+"""The predictive policy's decisions, one JSON line per control-loop tick (raw, not committed)."""
 
 
 class ExperimentSpec(StrictModel):

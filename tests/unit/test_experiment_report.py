@@ -18,6 +18,7 @@ from recsys.experiments.compare import (
     COST_PLOT,
     write_comparison,
 )
+from recsys.experiments.forecast import PredictiveScaler
 from recsys.experiments.report import (
     PLOTS,
     ExperimentSummary,
@@ -30,7 +31,7 @@ from recsys.experiments.report import (
     write_report,
 )
 from recsys.experiments.sampler import Sampler, Snapshot, wide
-from recsys.experiments.spec import REPORT_FILE, SUMMARY_FILE
+from recsys.experiments.spec import DECISIONS_FILE, REPORT_FILE, SUMMARY_FILE
 from recsys.experiments.synthetic import write_synthetic_experiment
 
 
@@ -168,13 +169,32 @@ def test_write_report(synthetic: Path) -> None:
     ):
         assert key in data
     assert ExperimentSummary.model_validate(data) == summary
-    for file in PLOTS.values():
+    drawn = [file for name, file in PLOTS.items() if name != "policy"]
+    for file in drawn:
         png = synthetic / file
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 400_000
     text = (synthetic / REPORT_FILE).read_text()
     assert "time to scale up" in text and "SLO attainment" in text and "## Reproduce" in text
-    for file in PLOTS.values():
+    for file in drawn:
         assert f"]({file})" in text
+    # no predictive policy in this run: no policy plot, and the report does not link one
+    assert not (synthetic / PLOTS["policy"]).exists() and PLOTS["policy"] not in text
+
+
+def test_the_predictive_policys_decisions_get_their_plot(tmp_path: Path) -> None:
+    run = write_synthetic_experiment(tmp_path / "synthetic-predictive")
+    t0 = load_experiment(run).t0_unix
+    scaler = PredictiveScaler(capacity_per_replica=1.0, lead_s=150.0, max_replicas=4)
+    with (run / DECISIONS_FILE).open("w") as f:
+        for t in range(-10, 200):
+            scaler.decide(t0 + t, 2.5 if 60 <= t < 120 else 0.4)
+            f.write(json.dumps(scaler.last) + "\n")
+    exp = load_experiment(run)
+    assert exp.decisions is not None and exp.decisions["held"].max() == 4
+    write_report(run)
+    png = run / PLOTS["policy"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({PLOTS['policy']})" in (run / REPORT_FILE).read_text()
 
 
 def test_write_comparison(tmp_path: Path) -> None:
