@@ -27,7 +27,9 @@ Scale-down is slow on purpose: the target is the largest decision of the last
 ``downscale_hold_s`` seconds, so capacity that took minutes to arrive is not given back on a
 lull. The trade-off is GPU-node-seconds: capacity arrives early and leaves late. After an
 event whose end was announced, the hold is waived for ``downscale_hold_s``: the shop said
-the sale is over, so the capacity reserved for it follows the falling load down.
+the sale is over, so the capacity reserved for it follows the falling load down. With a
+daily shape, the hold keeps no more than the shape says the next ``lead_s`` needs: the
+evening's fall is not a lull that comes back.
 
 The load unit is whatever the caller measures (Serve gives ongoing requests per deployment:
 for a device-bound stage serving one request at a time, the number of busy replicas).
@@ -227,18 +229,29 @@ class PredictiveScaler:
             return self._at(t - self.period_s, 30.0)
         return None
 
-    def seasonal(self, now: float) -> float | None:
-        """The earlier day's load at ``now + lead_s``, scaled by today / that day over the
-        last ``ratio_window_s`` (1 until a whole window was seen; at most 2: a burst today is
-        the trend's and the level's to answer, not a reason to double the whole day)."""
-        ahead = self.yesterday(now + self.lead_s)
-        if ahead is None:
-            return None
+    def ratio(self, now: float) -> float:
+        """Today / the earlier day over the last ``ratio_window_s`` (1 until a whole window
+        was seen; at most 2: a burst today is the trend's and the level's to answer, not a
+        reason to double the whole day)."""
         compared = self._earlier_day(now)
-        ratio = 1.0
-        if compared is not None and compared[1] > 0:
-            ratio = min(2.0, compared[0] / compared[1])
-        return ahead * ratio
+        if compared is None or compared[1] <= 0:
+            return 1.0
+        return min(2.0, compared[0] / compared[1])
+
+    def seasonal(self, now: float) -> float | None:
+        """The earlier day's load at ``now + lead_s``, scaled by :meth:`ratio`."""
+        ahead = self.yesterday(now + self.lead_s)
+        return None if ahead is None else ahead * self.ratio(now)
+
+    def seasonal_peak(self, now: float, step_s: float = 10.0) -> float | None:
+        """The most the earlier day (scaled as in :meth:`seasonal`) says the load will be at
+        any time over the next ``lead_s``; None unless the daily shape covers at least the
+        first half of that span (past the profile's day, nothing is known)."""
+        ahead = [self.yesterday(now + k * step_s) for k in range(int(self.lead_s // step_s) + 1)]
+        known = [x for x in ahead[: len(ahead) // 2 + 1] if x is not None]
+        if len(known) < len(ahead) // 2 + 1:
+            return None
+        return max(x for x in ahead if x is not None) * self.ratio(now)
 
     def predicted_load(self, now: float, queued: float = 0.0) -> float:
         """Load expected ``lead_s`` from now (never below the current level)."""
@@ -297,6 +310,12 @@ class PredictiveScaler:
         while self.decisions and self.decisions[0][0] < now - self.downscale_hold_s:
             self.decisions.popleft()
         held = max(n for _, n in self.decisions)
+        peak = self.seasonal_peak(now)
+        if peak is not None:
+            # the day's shape says what the next lead time needs: the hold, a guard against
+            # a lull that comes back, keeps no more than that (the evening's fall is no lull)
+            need = math.ceil(peak * self.headroom / self.capacity_per_replica - 1e-9)
+            held = max(wanted, min(held, need))
         self.last = {
             "t": now,
             "load": float(load),

@@ -129,6 +129,25 @@ def test_the_hold_is_waived_after_an_announced_end_only():
     assert last == 3  # no end announced: the load's last 60 s still hold
 
 
+def test_with_a_daily_shape_the_hold_keeps_only_what_the_next_lead_time_needs():
+    # a 1000 s day: 3.0 until t=500, then 0.5; the load follows it
+    fall = DailyProfile(
+        day_start_unix=0.0, period_s=1000.0, step_s=50.0, load=(3.0,) * 10 + (0.5,) * 10
+    )
+    load = lambda t: 3.0 if t < 500 else 0.5  # noqa: E731
+    shaped = _scaler(headroom=1.0, period_s=1000.0, profile=fall, level_window_s=5.0)
+    blind = _scaler(headroom=1.0, level_window_s=5.0)
+    for t in range(0, 520):
+        with_shape, without = shaped.decide(float(t), load(t)), blind.decide(float(t), load(t))
+    assert (with_shape, without) == (1, 3)  # the evening's fall: only the blind one holds
+    # while the shape still says the load comes back within the lead time, the hold stays
+    dip = DailyProfile(day_start_unix=0.0, period_s=1000.0, step_s=50.0, load=(3.0,) * 20)
+    trusting = _scaler(headroom=1.0, period_s=1000.0, profile=dip, level_window_s=5.0)
+    for t in range(0, 520):
+        last = trusting.decide(float(t), load(t))
+    assert last == 3
+
+
 def test_profile_file_round_trip(tmp_path):
     path = tmp_path / "profile.json"
     assert read_profile(path) is None
