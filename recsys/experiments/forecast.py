@@ -145,6 +145,11 @@ class PredictiveScaler:
     """Window of the current level (a mean). At 0.3 req/s a 10 s mean of one-request-at-a-time
     gangs swings between 0 and 0.9: held for ``downscale_hold_s``, the swing alone asked for
     a second gang for the whole run."""
+    upscale_sustain_s: float = 30.0
+    """What the load's level (and queue) asks for counts only once it has asked for it this
+    long (the least of its asks over the span): at 0.3 req/s the cold app's first
+    slow answers lifted a 30 s level over the second gang's threshold for 16 s, which, held
+    and paid for minutes, cost more than the whole margin to the hindsight allocation."""
     downscale_hold_s: float = 60.0
     """Scale down only to the largest decision of this many recent seconds."""
     period_s: float | None = None
@@ -160,6 +165,7 @@ class PredictiveScaler:
     """How long after an event's start the reservation holds (unless it announced an end)."""
     history: deque[tuple[float, float]] = field(default_factory=deque)
     decisions: deque[tuple[float, int]] = field(default_factory=deque)
+    measured_needs: deque[tuple[float, int]] = field(default_factory=deque)
     last: dict[str, float | None] = field(default_factory=dict)
     """The last decision's inputs and outputs (for a decision log)."""
 
@@ -271,6 +277,9 @@ class PredictiveScaler:
                 floor = max(floor, self.event_replicas or self.max_replicas)
         return floor
 
+    def _replicas(self, load: float) -> int:
+        return math.ceil(load * self.headroom / self.capacity_per_replica - 1e-9)
+
     def after_announced_end(self, now: float, events: list[ScheduledEvent]) -> bool:
         """Within ``downscale_hold_s`` after the announced end of an event."""
         return any(
@@ -301,8 +310,20 @@ class PredictiveScaler:
             self.history.popleft()
         events = events or []
         predicted = self.predicted_load(now, queued)
-        wanted = math.ceil(predicted * self.headroom / self.capacity_per_replica - 1e-9)
-        wanted = max(wanted, self.event_floor(now, events))
+        level = self.level(now) + max(0.0, queued)
+        self.measured_needs.append((now, self._replicas(level)))
+        while self.measured_needs and self.measured_needs[0][0] < now - self.upscale_sustain_s:
+            self.measured_needs.popleft()
+        # what the load's level asks for counts once it has asked for that long; a trend
+        # (tested against the noise already), the daily shape and announced events count at
+        # once
+        slope = self.slope(now)
+        wanted = max(
+            min(n for _, n in self.measured_needs),
+            self._replicas(level + slope * self.lead_s) if slope > 0 else 0,
+            self._replicas(self.seasonal(now) or 0.0),
+            self.event_floor(now, events),
+        )
         wanted = min(self.max_replicas, max(self.min_replicas, wanted))
         if self.after_announced_end(now, events):
             self.decisions.clear()  # the sale is over: follow the load down, no hold
@@ -314,8 +335,11 @@ class PredictiveScaler:
         if peak is not None:
             # the day's shape says what the next lead time needs: the hold, a guard against
             # a lull that comes back, keeps no more than that (the evening's fall is no lull)
-            need = math.ceil(peak * self.headroom / self.capacity_per_replica - 1e-9)
-            held = max(wanted, min(held, need))
+            recent = max(n for _, n in self.measured_needs)  # the level's own asks, 30 s
+            cap = max(wanted, recent, self._replicas(peak))
+            if cap < held:  # lowered for good: the held decisions above it are forgotten
+                self.decisions = deque((t, min(n, cap)) for t, n in self.decisions)
+                held = cap
         self.last = {
             "t": now,
             "load": float(load),

@@ -40,7 +40,20 @@ def test_a_rising_trend_asks_for_capacity_one_lead_time_ahead():
     # at t=60 the load is 1.1 and rising 0.01/s: 1.1 + 1.5 = 2.6 ahead -> 3 replicas
     assert wanted[-1] == 3
     flat = _scaler(headroom=1.0)
-    assert [flat.decide(t, 1.1) for t in range(0, 61)][-1] == 2
+    # a flat level asks once it has asked for upscale_sustain_s (30 s)
+    flat_wanted = [flat.decide(t, 1.1) for t in range(0, 91)]
+    assert flat_wanted[45] == 1 and flat_wanted[-1] == 2
+
+
+def test_a_short_burst_of_load_asks_for_nothing_a_sustained_one_does():
+    burst = _scaler(headroom=1.0, level_window_s=5.0)
+    for t in range(0, 200):
+        last = burst.decide(float(t), 3.0 if 100 <= t < 115 else 0.3)
+    assert max(n for _, n in burst.decisions) == 1 and last == 1
+    sustained = _scaler(headroom=1.0, level_window_s=5.0)
+    for t in range(0, 200):
+        last = sustained.decide(float(t), 3.0 if t >= 100 else 0.3)
+    assert last >= 3
 
 
 def test_noise_at_a_low_steady_load_is_not_extrapolated():
@@ -52,13 +65,13 @@ def test_noise_at_a_low_steady_load_is_not_extrapolated():
     wanted = [s.decide(t / 10, float(rng.poisson(0.35))) for t in range(0, 6000)]
     assert max(wanted) == 1
     rising = _scaler(max_replicas=4, headroom=1.0)
-    for t in range(0, 600):  # 0.3 -> 1.5 over the minute, with the same noise
+    for t in range(0, 1000):  # 0.3 -> 1.5 over a minute, on to 2.3, with the same noise
         last = rising.decide(t / 10, float(rng.poisson(0.3 + 0.02 * t / 10)))
     assert last >= 3
 
 
 def test_scale_down_waits_for_the_hold():
-    s = _scaler(headroom=1.0, downscale_hold_s=100.0, level_window_s=5.0)
+    s = _scaler(headroom=1.0, downscale_hold_s=100.0, level_window_s=5.0, upscale_sustain_s=0.0)
     for t in range(0, 20):
         s.decide(t, 3.0)
     assert s.decide(50, 0.2) == 3  # within the hold
@@ -137,13 +150,15 @@ def test_with_a_daily_shape_the_hold_keeps_only_what_the_next_lead_time_needs():
     load = lambda t: 3.0 if t < 500 else 0.5  # noqa: E731
     shaped = _scaler(headroom=1.0, period_s=1000.0, profile=fall, level_window_s=5.0)
     blind = _scaler(headroom=1.0, level_window_s=5.0)
-    for t in range(0, 520):
+    for t in range(0, 540):
         with_shape, without = shaped.decide(float(t), load(t)), blind.decide(float(t), load(t))
-    assert (with_shape, without) == (1, 3)  # the evening's fall: only the blind one holds
+    # the evening's fall: 40 s on, the shaped one kept only the level's last 30 s of asks,
+    # the blind one holds for its 60 s
+    assert (with_shape, without) == (1, 3)
     # while the shape still says the load comes back within the lead time, the hold stays
     dip = DailyProfile(day_start_unix=0.0, period_s=1000.0, step_s=50.0, load=(3.0,) * 20)
     trusting = _scaler(headroom=1.0, period_s=1000.0, profile=dip, level_window_s=5.0)
-    for t in range(0, 520):
+    for t in range(0, 540):
         last = trusting.decide(float(t), load(t))
     assert last == 3
 
