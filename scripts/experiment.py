@@ -425,13 +425,19 @@ def _portable_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def port_free(port: int, wait_s: float = 0.0) -> bool:
+    """Whether ``port`` can be bound on loopback, trying for up to ``wait_s`` (a cluster that
+    just stopped, the previous run's, may hold it for a few seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+        time.sleep(1.0)
 
 
 def wait_http_ready(port: int, timeout_s: float = 300) -> dict[str, Any]:
@@ -634,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not port_free(args.port):
+    if not port_free(args.port, wait_s=30.0):
         print(f"port {args.port} is busy; choose another with --port", file=sys.stderr)
         return 2
     spec, app, _ = build_spec(args, out.name)
