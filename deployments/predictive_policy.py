@@ -44,7 +44,11 @@ class _Reread:
         except OSError:
             return self.value
         if mtime != self._mtime:
-            self.value, self._mtime = self.parse(self.path), mtime
+            try:
+                self.value = self.parse(self.path)
+            except (OSError, ValueError, KeyError, TypeError):
+                return self.value  # unreadable now: keep the last good one, retry next tick
+            self._mtime = mtime
         return self.value
 
 

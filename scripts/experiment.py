@@ -80,9 +80,11 @@ from recsys.experiments.policies import (  # noqa: E402
     experiment_app_config,
     get_policy,
 )
+from recsys.experiments.replay import scaler_settings  # noqa: E402
 from recsys.experiments.sampler import Sampler  # noqa: E402
 from recsys.experiments.spec import (  # noqa: E402
     DECISIONS_FILE,
+    PROFILE_STEP_S,
     REQUESTS_FILE,
     SAMPLES_FILE,
     ExperimentSpec,
@@ -98,8 +100,6 @@ from recsys.traffic.config import (  # noqa: E402
 from recsys.traffic.shapes import arrival_times, load_change_times  # noqa: E402
 
 SERVE_CONFIG = ROOT / "deployments" / "configs" / "gpu.yaml"
-PROFILE_STEP_S = 30.0
-"""Resolution of the earlier day's load given to the predictive policy (a metrics export)."""
 K8S_CLUSTER = ROOT / "k8s" / "cluster.yaml"
 
 
@@ -431,6 +431,8 @@ def port_free(port: int, wait_s: float = 0.0) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         with socket.socket() as s:
+            # as the server binds it: a closed connection's TIME_WAIT does not block it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
                 return True
@@ -550,20 +552,18 @@ def deployment_overrides(
             "graceful_shutdown_timeout_s": max(30.0, 3 * deadline_s),
         }
     }
-    lead = max(spec.node_arrival_s.values(), default=0.0) + spec.replica_start_s
     for stage in spec.policy.predictive:
         cfg = getattr(app, stage)
         base = autoscaling(cfg.autoscaling)
         base["policy"] = {
             "policy_function": "deployments.predictive_policy:PredictivePolicy",
             "policy_kwargs": {
-                "capacity_per_replica": cfg.autoscaling.target_ongoing_requests,
-                "lead_s": lead,
-                "min_replicas": cfg.autoscaling.min_replicas,
-                "max_replicas": cfg.autoscaling.max_replicas,
-                "headroom": spec.policy.headroom,
-                "downscale_hold_s": spec.policy.downscale_hold_s,
-                "period_s": getattr(spec.traffic.shape, "period_s", None),
+                **scaler_settings(
+                    spec,
+                    cfg.autoscaling.target_ongoing_requests,
+                    cfg.autoscaling.min_replicas,
+                    cfg.autoscaling.max_replicas,
+                ),
                 "events_file": str(scratch / "events.json"),
                 "profile_file": str(scratch / "profile.json"),
                 "decisions_file": str(scratch / DECISIONS_FILE),
@@ -652,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     spec.write(out)
+    (out / DECISIONS_FILE).unlink(missing_ok=True)  # a --force rerun keeps no old decisions
     scratch = Path(tempfile.mkdtemp(prefix="recsys-experiment-"))
     events_path = scratch / "events.json"
     write_events(events_path, [])

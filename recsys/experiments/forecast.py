@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,17 @@ def read_events(path: str | Path) -> list[ScheduledEvent]:
     return [ScheduledEvent(**e) for e in data.get("events", [])]
 
 
+def _write_atomic(path: str | Path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader sees the old or the new file,
+    never half of one (the policy rereads these files while they are rewritten)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
 def write_events(path: str | Path, events: list[ScheduledEvent]) -> None:
-    Path(path).write_text(json.dumps({"events": [e.__dict__ for e in events]}, indent=2) + "\n")
+    _write_atomic(path, json.dumps({"events": [e.__dict__ for e in events]}, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ def read_profile(path: str | Path) -> DailyProfile | None:
 
 def write_profile(path: str | Path, profile: DailyProfile) -> None:
     data = {**profile.__dict__, "load": list(profile.load)}
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    _write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 @dataclass
@@ -141,6 +151,9 @@ class PredictiveScaler:
     """A slope counts only at least this many standard errors above zero (at 3, overlapping
     windows of a flat 0.35 load passed now and then over a run, each time a gang for nothing;
     a real rise the daily shape or the level answers too)."""
+    trend_cap: float = 3.0
+    """A trend's extrapolation asks for at most this many times the current level (a clean
+    step passes the noise test and, extrapolated 150 s, would ask for the whole pool)."""
     level_window_s: float = 30.0
     """Window of the current level (a mean). At 0.3 req/s a 10 s mean of one-request-at-a-time
     gangs swings between 0 and 0.9: held for ``downscale_hold_s``, the swing alone asked for
@@ -166,6 +179,7 @@ class PredictiveScaler:
     history: deque[tuple[float, float]] = field(default_factory=deque)
     decisions: deque[tuple[float, int]] = field(default_factory=deque)
     measured_needs: deque[tuple[float, int]] = field(default_factory=deque)
+    wanted_recent: deque[tuple[float, int]] = field(default_factory=deque)
     last: dict[str, float | None] = field(default_factory=dict)
     """The last decision's inputs and outputs (for a decision log)."""
 
@@ -227,27 +241,39 @@ class PredictiveScaler:
         """The load expected at ``t`` from an earlier day: the profile when one is given (the
         shop's own record, authoritative, and nothing outside its day), else what this policy
         saw one period before ``t`` once it has a whole day of history."""
-        if self.period_s is None:
-            return None
         if self.profile is not None:
             return self.profile.at(t)
+        if self.period_s is None:
+            return None
         if self.history and self.history[0][0] <= t - self.period_s:
             return self._at(t - self.period_s, 30.0)
         return None
 
     def ratio(self, now: float) -> float:
-        """Today / the earlier day over the last ``ratio_window_s`` (1 until a whole window
-        was seen; at most 2: a burst today is the trend's and the level's to answer, not a
-        reason to double the whole day)."""
+        """Today / the earlier day over the last ``ratio_window_s``, within [0.5, 2] (1 until
+        a whole window was seen): a burst today is the trend's and the level's to answer, not
+        a reason to double the whole day, and a quiet hour is no reason to expect no morning."""
         compared = self._earlier_day(now)
         if compared is None or compared[1] <= 0:
             return 1.0
-        return min(2.0, compared[0] / compared[1])
+        return max(0.5, min(2.0, compared[0] / compared[1]))
 
     def seasonal(self, now: float) -> float | None:
         """The earlier day's load at ``now + lead_s``, scaled by :meth:`ratio`."""
         ahead = self.yesterday(now + self.lead_s)
         return None if ahead is None else ahead * self.ratio(now)
+
+    def shape_falling(self, now: float, step_s: float = 10.0) -> bool:
+        """Whether the earlier day's own load (unscaled) is lower over the next ``lead_s``
+        than over the last ``downscale_hold_s``: the evening, not a lull."""
+        ahead = [self.yesterday(now + k * step_s) for k in range(int(self.lead_s // step_s) + 1)]
+        behind = [
+            self.yesterday(now - k * step_s)
+            for k in range(int(self.downscale_hold_s // step_s) + 1)
+        ]
+        a = [x for x in ahead if x is not None]
+        b = [x for x in behind if x is not None]
+        return bool(a) and bool(b) and max(a) < max(b)
 
     def seasonal_peak(self, now: float, step_s: float = 10.0) -> float | None:
         """The most the earlier day (scaled as in :meth:`seasonal`) says the load will be at
@@ -320,7 +346,9 @@ class PredictiveScaler:
         slope = self.slope(now)
         wanted = max(
             min(n for _, n in self.measured_needs),
-            self._replicas(level + slope * self.lead_s) if slope > 0 else 0,
+            self._replicas(min(level + slope * self.lead_s, self.trend_cap * level))
+            if slope > 0
+            else 0,
             self._replicas(self.seasonal(now) or 0.0),
             self.event_floor(now, events),
         )
@@ -331,12 +359,19 @@ class PredictiveScaler:
         while self.decisions and self.decisions[0][0] < now - self.downscale_hold_s:
             self.decisions.popleft()
         held = max(n for _, n in self.decisions)
+        self.wanted_recent.append((now, wanted))
+        while self.wanted_recent and self.wanted_recent[0][0] < now - self.upscale_sustain_s:
+            self.wanted_recent.popleft()
         peak = self.seasonal_peak(now)
-        if peak is not None:
-            # the day's shape says what the next lead time needs: the hold, a guard against
-            # a lull that comes back, keeps no more than that (the evening's fall is no lull)
-            recent = max(n for _, n in self.measured_needs)  # the level's own asks, 30 s
-            cap = max(wanted, recent, self._replicas(peak))
+        if peak is not None and self.shape_falling(now):
+            # the day's own shape is falling: the hold, a guard against a lull that comes
+            # back, keeps no more than the shape says the next lead time needs, and no less
+            # than what was wanted and what the level asked for over the last
+            # upscale_sustain_s (one noisy tick does not lower it)
+            recent = max(
+                max(n for _, n in self.measured_needs), max(n for _, n in self.wanted_recent)
+            )
+            cap = max(recent, self._replicas(peak))
             if cap < held:  # lowered for good: the held decisions above it are forgotten
                 self.decisions = deque((t, min(n, cap)) for t, n in self.decisions)
                 held = cap

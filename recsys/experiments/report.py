@@ -99,14 +99,29 @@ def load_experiment(directory: str | Path, window_s: float | None = None) -> Exp
         raise ValueError(f"{directory / REQUESTS_FILE} lacks t0_unix in its metadata")
     t0 = float(facts["t0_unix"])
     samples = samples.assign(t_s=samples["t_unix"] - t0)
-    decisions = None
-    if (directory / DECISIONS_FILE).is_file():
-        decisions = pd.read_json(directory / DECISIONS_FILE, lines=True)
-        if len(decisions):
-            decisions = decisions.assign(t_s=decisions["t"] - t0).sort_values("t_s")
-        else:
-            decisions = None
+    decisions = read_decisions(directory / DECISIONS_FILE, t0)
     return Experiment(spec, requests, samples, t0, facts, directory, decisions)
+
+
+DECISION_COLUMNS = ("t", "load", "level", "seasonal", "predicted", "wanted", "held")
+
+
+def read_decisions(path: Path, t0_unix: float) -> pd.DataFrame | None:
+    """The predictive policy's decision log with ``t_s``; None when absent, empty or without
+    the columns the plot needs. Lines that do not parse (the last one, cut when the cluster
+    stopped mid-write) are skipped."""
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    frame = pd.DataFrame([r for r in rows if isinstance(r, dict)])
+    if frame.empty or any(c not in frame.columns for c in DECISION_COLUMNS):
+        return None
+    return frame.assign(t_s=frame["t"] - t0_unix).sort_values("t_s")
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ SAMPLES_FILE = "samples.parquet"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 DECISIONS_FILE = "policy_decisions.jsonl"
+PROFILE_STEP_S = 30.0
+"""Resolution of the earlier day's load given to the predictive policy (a metrics export)."""
 """The predictive policy's decisions, one JSON line per control-loop tick (raw, not committed)."""
 
 

@@ -6,8 +6,9 @@ Asserts that the step adds at least one replica and at least one worker node, th
 request sent has a recorded outcome, and that the cluster is gone afterwards (no process of
 its session left). The ranker's GPU time is simulated (``--device-ms 1000`` per batch of one),
 so one ranker gang serves ~1 req/s whatever the CPU, while one replica per stage carries over
-10 req/s on 2 cores (results/experiments/old-simulation/capacity-cpu): the step from 0.35 to 3 req/s needs
-more gangs, hence more ``gpu-multi`` nodes, and leaves the cores room for their start-ups.
+10 req/s on 2 cores (results/experiments/old-simulation/capacity-cpu): the step from 0.35 to
+3 req/s needs more gangs, hence more ``gpu-multi`` nodes, and leaves the cores room for their
+start-ups.
 """
 
 from __future__ import annotations

@@ -216,3 +216,28 @@ def test_node_arrival_delay_renders_the_delayed_provider():
     assert provider["arrival_delay_s"] == {"gpu-multi": 120}
     spec0 = spec.model_copy(update={"worker_types": [spec.worker_types[0]]})
     assert render_autoscaler_config(spec0, "x:1")["provider"]["type"] == "fake_multinode"
+
+
+def test_a_noisy_load_on_a_flat_daily_shape_does_not_flap_and_a_lull_is_held():
+    """The shape-based cap applies only while the earlier day itself falls: on a flat day a
+    noisy ratio near a threshold must not move the gangs tick by tick, and a lull keeps the
+    hold."""
+    flat = DailyProfile(day_start_unix=0.0, period_s=4000.0, step_s=50.0, load=(2.0,) * 80)
+    rng = np.random.default_rng(1)
+    s = _scaler(max_replicas=4, headroom=1.5, period_s=4000.0, profile=flat)
+    held = [s.decide(float(t), float(rng.poisson(2.0))) for t in range(0, 1500)]
+    changes = sum(1 for a, b in zip(held, held[1:], strict=False) if a != b)
+    assert changes <= 3 and min(held[300:]) == 4
+    lull = _scaler(max_replicas=4, headroom=1.0, period_s=4000.0, profile=flat)
+    during = [lull.decide(float(t), 0.0 if 600 <= t < 640 else 2.5) for t in range(0, 641)]
+    assert during[599] == 3 and during[639] == 3  # the 40 s lull is within the 60 s hold
+
+
+def test_the_ratio_to_the_earlier_day_is_bounded():
+    day = DailyProfile(day_start_unix=0.0, period_s=1000.0, step_s=50.0, load=(1.0,) * 20)
+    idle = _scaler(period_s=1000.0, profile=day)
+    busy = _scaler(period_s=1000.0, profile=day)
+    for t in range(0, 200):
+        idle.decide(float(t), 0.0)
+        busy.decide(float(t), 9.0)
+    assert idle.ratio(199.0) == 0.5 and busy.ratio(199.0) == 2.0

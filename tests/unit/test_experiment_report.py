@@ -239,3 +239,36 @@ def test_only_ranker_failures_while_replicas_are_removed_count_as_scale_down() -
     )
     degraded = pd.Series([True] * len(requests))
     assert count_scale_down_degraded(requests, degraded, samples, margin_s=4.0) == 3
+
+
+def test_a_cut_or_foreign_decision_log_is_read_safely(tmp_path: Path) -> None:
+    from recsys.experiments.report import read_decisions
+
+    path = tmp_path / DECISIONS_FILE
+    good = {"t": 5.0, "load": 1, "level": 1, "seasonal": None, "predicted": 1, "wanted": 2}
+    path.write_text(json.dumps({**good, "held": 2}) + "\n" + '{"t": 6.0, "lo')  # cut mid-line
+    frame = read_decisions(path, t0_unix=1.0)
+    assert frame is not None and frame["t_s"].tolist() == [4.0]
+    path.write_text(json.dumps(good) + "\n")  # another version's log: no "held"
+    assert read_decisions(path, t0_unix=1.0) is None
+    path.write_text("")
+    assert read_decisions(path, t0_unix=1.0) is None
+
+
+def test_replaying_a_runs_decision_log_finds_exactly_the_changed_ticks(tmp_path: Path) -> None:
+    from recsys.experiments.replay import replay, scaler_settings
+
+    run = write_synthetic_experiment(tmp_path / "synthetic-replay")
+    exp = load_experiment(run)
+    stage = exp.spec.policy.stages["ranker"]
+    settings = scaler_settings(exp.spec, stage.target_ongoing_requests, 1, stage.max_replicas or 1)
+    live = PredictiveScaler(**settings)
+    lines = []
+    for t in range(0, 200):
+        live.decide(exp.t0_unix + t, 3.0 if 60 <= t < 120 else 0.3)
+        lines.append(dict(live.last))
+    lines[150]["held"] += 1  # one tick the code as it is now would not have answered
+    (run / DECISIONS_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = replay(run)
+    assert (result.ticks, result.differing) == (200, 1)
+    assert max(n for _, n in result.transitions) > 1
