@@ -287,10 +287,13 @@ class PredictiveScaler:
 
     def predicted_load(self, now: float, queued: float = 0.0) -> float:
         """Load expected ``lead_s`` from now (never below the current level)."""
-        level = self.level(now)
-        trend = level + max(0.0, self.slope(now)) * self.lead_s
-        seasonal = self.seasonal(now) or 0.0
-        return max(level, trend, seasonal) + max(0.0, queued)
+        return self._predicted(self.level(now), self.slope(now), self.seasonal(now), queued)
+
+    def _predicted(
+        self, level: float, slope: float, seasonal: float | None, queued: float
+    ) -> float:
+        trend = level + max(0.0, slope) * self.lead_s
+        return max(level, trend, seasonal or 0.0) + max(0.0, queued)
 
     def event_floor(self, now: float, events: list[ScheduledEvent]) -> int:
         """Replicas an announced event asks for at ``now`` (0: none)."""
@@ -335,21 +338,22 @@ class PredictiveScaler:
         while self.history and self.history[0][0] < now - keep:
             self.history.popleft()
         events = events or []
-        predicted = self.predicted_load(now, queued)
-        level = self.level(now) + max(0.0, queued)
+        # each forecast once per tick: the earlier day's ratio scans the history
+        raw_level, slope, seasonal = self.level(now), self.slope(now), self.seasonal(now)
+        predicted = self._predicted(raw_level, slope, seasonal, queued)
+        level = raw_level + max(0.0, queued)
         self.measured_needs.append((now, self._replicas(level)))
         while self.measured_needs and self.measured_needs[0][0] < now - self.upscale_sustain_s:
             self.measured_needs.popleft()
         # what the load's level asks for counts once it has asked for that long; a trend
         # (tested against the noise already), the daily shape and announced events count at
         # once
-        slope = self.slope(now)
         wanted = max(
             min(n for _, n in self.measured_needs),
             self._replicas(min(level + slope * self.lead_s, self.trend_cap * level))
             if slope > 0
             else 0,
-            self._replicas(self.seasonal(now) or 0.0),
+            self._replicas(seasonal or 0.0),
             self.event_floor(now, events),
         )
         wanted = min(self.max_replicas, max(self.min_replicas, wanted))
@@ -378,9 +382,9 @@ class PredictiveScaler:
         self.last = {
             "t": now,
             "load": float(load),
-            "level": self.level(now),
-            "slope": self.slope(now),
-            "seasonal": self.seasonal(now),
+            "level": raw_level,
+            "slope": slope,
+            "seasonal": seasonal,
             "predicted": predicted,
             "wanted": wanted,
             "held": held,
